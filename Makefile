@@ -1,0 +1,30 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+
+CONFIG ?= gateway.toml
+
+.PHONY: run test lint deps bench mock
+
+## Run the gateway on gateway.toml (release build).
+run: deps
+	cargo run --release -- serve --config $(CONFIG)
+
+## Run every test: unit, integration and the real-client interop tests.
+test: deps
+	scripts/interop-venv.sh >/dev/null
+	cargo test --all-targets
+
+## Formatting and lints, as CI checks them.
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+## The mock upstream MCP server (OAuth-less, bearer token `dev-token`) on port 9000.
+mock:
+	cargo run --example mock_upstream -- --port 9000
+
+## Load comparison: direct vs gateway vs nginx (release builds).
+bench: deps
+	benches/load.sh
+
+deps:
+	@scripts/install-deps.sh

@@ -1,0 +1,131 @@
+//! The command line: `serve` (the default) runs the gateway, `check` validates a
+//! configuration and prints the routes it resolves to.
+//!
+//! Exit codes: 0 success, 1 an error (the message says what to fix), 2 a usage error.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigSource};
+use crate::gateway::Gateway;
+
+/// A gateway in front of OAuth-protected MCP servers.
+#[derive(Debug, Parser)]
+#[command(name = "mcp-u2m-gateway", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default when no command is given).
+    Serve(ConfigArg),
+    /// Validate the configuration and print the resolved routes; exit 1 on an error.
+    Check(ConfigArg),
+}
+
+#[derive(Debug, Default, clap::Args)]
+struct ConfigArg {
+    /// Configuration file; otherwise $MCP_GATEWAY_CONFIG, then single-upstream mode when
+    /// UPSTREAM_MCP_URL is set, then ./gateway.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl Cli {
+    /// Runs the chosen command.
+    pub fn run(self) -> ExitCode {
+        let result = match self.command.unwrap_or(Command::Serve(ConfigArg::default())) {
+            Command::Serve(args) => serve(args),
+            Command::Check(args) => check(args),
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn serve(args: ConfigArg) -> anyhow::Result<()> {
+    init_logging();
+    let config = Config::load(args.config.as_deref())?;
+    let gateway = Gateway::bind(config.clone())?;
+    print_banner(&config, gateway.local_addr());
+    gateway.run();
+    Ok(())
+}
+
+fn check(args: ConfigArg) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref())?;
+    let source = match &config.source {
+        ConfigSource::File(path) => path.display().to_string(),
+        ConfigSource::Environment => "environment (UPSTREAM_MCP_URL)".to_owned(),
+    };
+    println!("configuration: {source}: ok");
+    println!("listen:        {}", config.server.listen);
+    println!("public url:    {}", config.server.public_url);
+    println!("token store:   {}", config.store.dir.display());
+    println!("routes:");
+    let width = config
+        .routes
+        .iter()
+        .map(|r| r.prefix.len())
+        .max()
+        .unwrap_or(0);
+    for route in &config.routes {
+        println!(
+            "  {:<width$}  -> {}  (route '{}', auth {})",
+            route.prefix,
+            route.upstream,
+            route.name,
+            route.auth.kind(),
+        );
+    }
+    Ok(())
+}
+
+fn print_banner(config: &Config, addr: std::net::SocketAddr) {
+    if config.server.databricks {
+        tracing::info!("Databricks Apps environment: the platform authenticates callers");
+    } else if config.server.allow_anonymous && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "allow_anonymous: anyone who can reach this address can use every route");
+    }
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!(
+        "mcp-u2m-gateway {} listening on {scheme}://{addr}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let base = config.server.public_url.as_str().trim_end_matches('/');
+    for route in &config.routes {
+        let prefix = route.prefix.trim_end_matches('/');
+        println!(
+            "  route {:<12} {base}{prefix}/mcp  (legacy SSE: {base}{prefix}/sse)  -> {}",
+            route.name, route.upstream
+        );
+    }
+}
+
+/// `RUST_LOG`-style filtering (default `info`); JSON lines when stderr is not a terminal.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if std::io::stderr().is_terminal() {
+        builder.try_init()
+    } else {
+        builder.json().try_init()
+    };
+}

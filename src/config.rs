@@ -1,0 +1,429 @@
+//! The gateway's configuration: `gateway.toml` plus an environment overlay, turned into
+//! validated types that the rest of the crate uses without further checks.
+//!
+//! Loading has two halves. `raw` mirrors the file with serde and rejects unknown keys;
+//! `validate` and `routes` turn the raw form into [`Config`], collecting every problem
+//! so that `check` can report them all at once, each with its key path and `file:line:col`.
+//! `env` holds the environment lookups: discovery of the file, the Databricks Apps port
+//! overlay, and single-upstream mode (`UPSTREAM_MCP_URL`) that needs no file at all.
+//!
+//! Lookups of the process environment go through the `Env` trait, so tests pass a map
+//! instead of mutating the process.
+
+mod api_key;
+mod env;
+mod location;
+mod raw;
+mod routes;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub(crate) use api_key::ApiKeyHash;
+pub(crate) use env::{Env, ProcessEnv};
+pub use location::Location;
+
+/// Paths the gateway serves itself. They win over every route, so no route prefix may
+/// equal one or sit below one. `/` is reserved only as the exact path (the sign-in page):
+/// a route with prefix `/` still receives everything else.
+pub(crate) const RESERVED_PATHS: &[&str] = &[
+    "/",
+    "/auth",
+    "/oauth",
+    "/admin",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/.well-known",
+];
+
+/// The file name looked up in the working directory when nothing else names a config.
+pub(crate) const DEFAULT_CONFIG_FILE: &str = "gateway.toml";
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) server: ServerConfig,
+    pub(crate) store: StoreConfig,
+    pub(crate) routes: Vec<RouteConfig>,
+    pub(crate) source: ConfigSource,
+}
+
+/// Where a [`Config`] came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    File(PathBuf),
+    /// Single-upstream mode: one route built from `UPSTREAM_MCP_URL`.
+    Environment,
+}
+
+/// The `[server]` section: the listener and everything about the downstream side.
+#[derive(Debug, Clone)]
+pub(crate) struct ServerConfig {
+    pub(crate) listen: SocketAddr,
+    /// The base URL browsers and MCP clients use to reach the gateway; OAuth redirect
+    /// URIs are built from it.
+    pub(crate) public_url: url::Url,
+    pub(crate) threads: usize,
+    pub(crate) allow_anonymous: bool,
+    pub(crate) api_keys: Vec<ApiKeyHash>,
+    /// `None` turns the keepalive comments on idle SSE streams off.
+    pub(crate) sse_keepalive: Option<Duration>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) read_timeout: Duration,
+    pub(crate) tls: Option<TlsConfig>,
+    /// Running on Databricks Apps, which authenticates callers in front of the gateway
+    /// and forwards their identity.
+    pub(crate) databricks: bool,
+}
+
+/// `[server.tls]`: serve HTTPS with this certificate chain and key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TlsConfig {
+    pub(crate) cert_file: PathBuf,
+    pub(crate) key_file: PathBuf,
+}
+
+/// The `[store]` section: where tokens and client registrations live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoreConfig {
+    pub(crate) kind: StoreKind,
+    pub(crate) dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreKind {
+    File,
+}
+
+/// One `[[routes]]` table.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteConfig {
+    pub(crate) name: String,
+    /// `/` or `/segment[/segment…]` without a trailing slash.
+    pub(crate) prefix: String,
+    pub(crate) upstream: url::Url,
+    /// Extra trust anchors for the upstream's TLS certificate.
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) auth: RouteAuth,
+    /// Static request headers for the upstream, names as written in the file.
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+/// How the gateway authenticates to a route's upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RouteAuth {
+    /// The user signs in through the gateway's UI; the gateway keeps the tokens fresh.
+    OAuth,
+    /// A fixed token, read from outside the config file.
+    Bearer(BearerSource),
+    /// The upstream needs no credentials.
+    None,
+}
+
+impl RouteAuth {
+    /// The `kind` value that selects this variant in `[routes.auth]`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            RouteAuth::OAuth => "oauth",
+            RouteAuth::Bearer(_) => "bearer",
+            RouteAuth::None => "none",
+        }
+    }
+}
+
+/// Where a bearer token comes from. The config never holds the token itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BearerSource {
+    /// The name of an environment variable.
+    Env(String),
+    File(PathBuf),
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no configuration found: create ./{DEFAULT_CONFIG_FILE}, pass --config PATH, \
+         set MCP_GATEWAY_CONFIG=PATH, or set UPSTREAM_MCP_URL to proxy a single upstream"
+    )]
+    NotFound,
+
+    #[error("cannot read config file {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The file is not valid TOML.
+    #[error("{at}: {}", source.message())]
+    Syntax {
+        at: Location,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+
+    /// A key the schema does not know, usually a typo.
+    #[error("{at}: {key}: {}", source.message())]
+    UnknownKey {
+        at: Location,
+        key: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+
+    /// A value of the wrong type, a missing required key or an unknown enum value.
+    #[error("{at}: {key}: {}", source.message())]
+    Schema {
+        at: Location,
+        key: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+
+    /// The file parsed but breaks one or more rules; every broken rule is listed.
+    #[error("{} in {origin}:{}", plural(errors.len()), ErrorLines(errors))]
+    Invalid {
+        origin: ConfigSource,
+        errors: Vec<FieldError>,
+    },
+}
+
+/// One broken rule: which key, where, and what is wrong with it.
+#[derive(Debug)]
+pub struct FieldError {
+    /// The key path, like `routes[1].prefix`, or an environment variable's name.
+    pub(crate) key: String,
+    pub(crate) at: Option<Location>,
+    pub(crate) kind: FieldErrorKind,
+}
+
+/// The rules a configuration must follow, one variant each.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FieldErrorKind {
+    #[error("`{value}` is not a socket address like 127.0.0.1:8000")]
+    InvalidListen {
+        value: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+
+    #[error("`{value}` is not a port number")]
+    InvalidPort { value: String },
+
+    #[error("`{value}` is not a URL")]
+    InvalidUrl {
+        value: String,
+        #[source]
+        source: url::ParseError,
+    },
+
+    #[error("`{url}` must use http or https")]
+    UrlScheme { url: String },
+
+    #[error("`{url}` must not contain {part}")]
+    UrlExtraPart { url: String, part: &'static str },
+
+    #[error("must be at least 1")]
+    ZeroThreads,
+
+    #[error("must be at least 1 second")]
+    ZeroTimeout,
+
+    /// The value is never echoed: someone may have pasted a raw key instead of its hash.
+    #[error(
+        "an api key must be written as `sha256:` and 64 hex digits, the hash of the key; \
+         make one with: printf %s \"$KEY\" | sha256sum"
+    )]
+    InvalidApiKey,
+
+    #[error(
+        "{addr} is reachable beyond loopback but nothing authenticates callers: set \
+         server.api_keys (hashes made with: printf %s \"$KEY\" | sha256sum), or set \
+         server.allow_anonymous = true to accept anyone who can reach the port, \
+         or listen on 127.0.0.1"
+    )]
+    UnauthenticatedBind { addr: SocketAddr },
+
+    #[error("`{path}` needs $HOME to expand `~`, and HOME is not set")]
+    HomeUnset { path: String },
+
+    #[error("cannot read {}", path.display())]
+    UnreadableFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{} is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+
+    #[error(
+        "route name `{name}` must be 1 to 64 characters of a-z, 0-9, `_` and `-`, \
+         starting with a letter or digit"
+    )]
+    InvalidRouteName { name: String },
+
+    #[error("route name `{name}` is already used{}", at_line(*first_line))]
+    DuplicateRouteName {
+        name: String,
+        first_line: Option<usize>,
+    },
+
+    #[error("prefix `{prefix}` {reason}")]
+    MalformedPrefix {
+        prefix: String,
+        reason: &'static str,
+    },
+
+    #[error("prefix `{prefix}` uses the segment `~`, which the gateway keeps for its own paths")]
+    PrefixInternalSegment { prefix: String },
+
+    #[error("prefix `{prefix}` shadows the gateway's own path `{reserved}`")]
+    ReservedPrefix {
+        prefix: String,
+        reserved: &'static str,
+    },
+
+    #[error(
+        "overlapping prefix `{prefix}`: routes `{route}` and `{other_route}`{} both use it",
+        at_line(*other_line)
+    )]
+    OverlappingPrefix {
+        prefix: String,
+        route: String,
+        other_route: String,
+        other_line: Option<usize>,
+    },
+
+    #[error("kind = \"bearer\" needs exactly one of token_env or token_file")]
+    BearerSourceCount,
+
+    #[error("{key} only applies to kind = \"bearer\"")]
+    TokenSourceWithoutBearer { key: &'static str },
+
+    /// Only the variable's name is shown, never a value.
+    #[error("environment variable {var} is not set or is empty")]
+    TokenEnvUnset { var: String },
+
+    #[error("`{name}` is not a valid HTTP header name")]
+    InvalidHeaderName { name: String },
+
+    #[error("`{name}` is set by the gateway and cannot be configured")]
+    ForbiddenHeader { name: String },
+
+    #[error("header `{name}` is listed more than once (names ignore case)")]
+    DuplicateHeader { name: String },
+
+    /// The value itself is not shown: static headers often carry keys.
+    #[error("the value of header `{name}` contains control characters")]
+    InvalidHeaderValue { name: String },
+
+    #[error(
+        "no routes: add a [[routes]] table, or set UPSTREAM_MCP_URL to proxy a single upstream"
+    )]
+    NoRoutes,
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::File(path) => write!(f, "{}", path.display()),
+            ConfigSource::Environment => f.write_str("the environment (UPSTREAM_MCP_URL)"),
+        }
+    }
+}
+
+/// `file:line:col: key: what is wrong: cause`. The cause is printed here because a list
+/// of errors has no other place to show each one's chain.
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(at) = &self.at {
+            write!(f, "{at}: ")?;
+        }
+        write!(f, "{}: {}", self.key, self.kind)?;
+        if let Some(cause) = std::error::Error::source(&self.kind) {
+            write!(f, ": {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for FieldError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.kind)
+    }
+}
+
+/// Renders errors one per line, each line starting on its own.
+struct ErrorLines<'a>(&'a [FieldError]);
+
+impl fmt::Display for ErrorLines<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for error in self.0 {
+            write!(f, "\n{error}")?;
+        }
+        Ok(())
+    }
+}
+
+fn plural(count: usize) -> String {
+    if count == 1 {
+        "1 error".to_owned()
+    } else {
+        format!("{count} errors")
+    }
+}
+
+fn at_line(line: Option<usize>) -> String {
+    line.map(|line| format!(" at line {line}"))
+        .unwrap_or_default()
+}
+
+impl Config {
+    /// Finds and loads the configuration: `explicit` (from `--config`), else
+    /// `$MCP_GATEWAY_CONFIG`, else single-upstream mode when `UPSTREAM_MCP_URL` is set,
+    /// else `./gateway.toml`.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        env::discover(explicit, &ProcessEnv, Path::new(DEFAULT_CONFIG_FILE))
+    }
+
+    /// Reads and validates one config file.
+    pub(crate) fn from_file(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_str(&text, path, env)
+    }
+
+    /// Validates `text` as the contents of the file at `path`. The path is used in
+    /// messages and as the base for relative paths inside the file.
+    pub(crate) fn from_toml_str(
+        text: &str,
+        path: &Path,
+        env: &dyn Env,
+    ) -> Result<Config, ConfigError> {
+        let raw = raw::parse(text, path)?;
+        validate::file_config(raw, text, path, env).map_err(|errors| ConfigError::Invalid {
+            origin: ConfigSource::File(path.to_owned()),
+            errors,
+        })
+    }
+
+    /// Single-upstream mode: one route named `default` at `/`, built from
+    /// `UPSTREAM_MCP_URL` and the port variables, with no file.
+    pub(crate) fn from_env(env: &dyn Env) -> Result<Config, ConfigError> {
+        env::single_upstream(env).map_err(|errors| ConfigError::Invalid {
+            origin: ConfigSource::Environment,
+            errors,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

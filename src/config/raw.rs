@@ -1,0 +1,125 @@
+//! The file as written: serde types that mirror `gateway.toml` key for key.
+//!
+//! Every table denies unknown keys, so a typo is an error rather than a silently ignored
+//! setting. Values that a later rule may reject keep their span for the message.
+//! Nothing here checks meaning; that is [`super::validate`]'s job.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::ConfigError;
+use super::location::{SourceFile, key_path_at};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) server: RawServer,
+    #[serde(default)]
+    pub(super) store: RawStore,
+    #[serde(default)]
+    pub(super) routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) public_url: Option<Spanned<String>>,
+    pub(super) threads: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub(super) allow_anonymous: bool,
+    #[serde(default)]
+    pub(super) api_keys: Vec<Spanned<String>>,
+    pub(super) sse_keepalive_secs: Option<u64>,
+    pub(super) connect_timeout_secs: Option<Spanned<u64>>,
+    pub(super) read_timeout_secs: Option<Spanned<u64>>,
+    pub(super) tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) cert_file: Spanned<String>,
+    pub(super) key_file: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    #[serde(default)]
+    pub(super) kind: RawStoreKind,
+    pub(super) dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawStoreKind {
+    #[default]
+    File,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) name: Spanned<String>,
+    pub(super) prefix: Spanned<String>,
+    pub(super) upstream: Spanned<String>,
+    pub(super) ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) auth: RawAuth,
+    #[serde(default)]
+    pub(super) headers: BTreeMap<Spanned<String>, Spanned<String>>,
+}
+
+/// `[routes.auth]`. There is deliberately no key for an inline token: a token in the file
+/// ends up in backups, screenshots and version control.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuth {
+    pub(super) kind: Option<Spanned<RawAuthKind>>,
+    pub(super) token_env: Option<Spanned<String>>,
+    pub(super) token_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawAuthKind {
+    OAuth,
+    Bearer,
+    None,
+}
+
+/// Parses `text` into the raw form. TOML syntax errors and schema errors (unknown keys,
+/// wrong types, missing keys) come back with `file:line:col` and the key path.
+pub(super) fn parse(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
+    let file = SourceFile { path, text };
+
+    // A syntax check first, so that schema errors below are told apart from bad TOML.
+    if let Err(source) = toml::de::DeTable::parse(text) {
+        return Err(ConfigError::Syntax {
+            at: file.location(source.span()),
+            source: Box::new(source),
+        });
+    }
+    toml::from_str(text).map_err(|source| schema_error(file, source))
+}
+
+fn schema_error(file: SourceFile<'_>, source: toml::de::Error) -> ConfigError {
+    let span = source.span();
+    let at = file.location(span.clone());
+    let key = span
+        .and_then(|span| key_path_at(file.text, span.start))
+        .unwrap_or_else(|| "(top level)".to_owned());
+    let source = Box::new(source);
+
+    // serde words this message itself; it is the only sign of an unknown key.
+    if source.message().starts_with("unknown field") {
+        ConfigError::UnknownKey { at, key, source }
+    } else {
+        ConfigError::Schema { at, key, source }
+    }
+}

@@ -1,0 +1,362 @@
+//! Raw → validated: the `[server]` and `[store]` sections, the environment overlay, and
+//! the [`Checker`] that collects every broken rule with its key path and position.
+//! Routes are checked in [`super::routes`].
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+use url::Url;
+
+use super::env::{self, Env};
+use super::location::SourceFile;
+use super::raw::{RawConfig, RawServer, RawStore, RawStoreKind, RawTls};
+use super::{
+    ApiKeyHash, Config, ConfigSource, FieldError, FieldErrorKind, ServerConfig, StoreConfig,
+    StoreKind, TlsConfig, routes,
+};
+
+pub(super) const DEFAULT_STORE_DIR: &str = "~/.mcp/auth";
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8000);
+const DEFAULT_SSE_KEEPALIVE_SECS: u64 = 15;
+const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+const DEFAULT_READ_TIMEOUT_SECS: u64 = 300;
+
+/// Collects the broken rules of one file and resolves the paths written in it.
+pub(super) struct Checker<'a> {
+    file: SourceFile<'a>,
+    /// Relative paths in the file are relative to the file's own directory, so a config
+    /// behaves the same whatever the working directory.
+    base_dir: &'a Path,
+    pub(super) env: &'a dyn Env,
+    errors: Vec<FieldError>,
+}
+
+impl<'a> Checker<'a> {
+    fn new(file: SourceFile<'a>, env: &'a dyn Env) -> Checker<'a> {
+        Checker {
+            file,
+            base_dir: file.path.parent().unwrap_or(Path::new("")),
+            env,
+            errors: Vec::new(),
+        }
+    }
+
+    /// The collected errors in file order; those without a position (from the
+    /// environment, or about the file as a whole) come last.
+    fn into_errors(mut self) -> Vec<FieldError> {
+        self.errors.sort_by_key(|error| {
+            let position = error.at.as_ref().and_then(|at| at.position);
+            position.map_or((usize::MAX, 0), |p| (p.line, p.column))
+        });
+        self.errors
+    }
+
+    /// Records a broken rule at `span`, or at the file as a whole when there is none.
+    pub(super) fn fail(&mut self, key: String, span: Option<Range<usize>>, kind: FieldErrorKind) {
+        self.errors.push(FieldError {
+            key,
+            at: Some(self.file.location(span)),
+            kind,
+        });
+    }
+
+    pub(super) fn line(&self, span: Range<usize>) -> Option<usize> {
+        self.file.line(span)
+    }
+
+    /// A path from the file with `~` expanded and made absolute against the file's
+    /// directory.
+    pub(super) fn path(&mut self, key: &str, value: &Spanned<String>) -> Option<PathBuf> {
+        match env::expand_home(value.get_ref(), self.env) {
+            Ok(path) => Some(self.base_dir.join(path)),
+            Err(kind) => {
+                self.fail(key.to_owned(), Some(value.span()), kind);
+                None
+            }
+        }
+    }
+
+    /// Like [`Checker::path`], and the file must exist and be readable now, so that a
+    /// typo shows up in `check` rather than on the first request.
+    pub(super) fn readable_file(&mut self, key: &str, value: &Spanned<String>) -> Option<PathBuf> {
+        let path = self.path(key, value)?;
+        match readable_file(&path) {
+            Ok(()) => Some(path),
+            Err(kind) => {
+                self.fail(key.to_owned(), Some(value.span()), kind);
+                None
+            }
+        }
+    }
+}
+
+/// Validates a whole file, reporting every broken rule.
+pub(super) fn file_config(
+    raw: RawConfig,
+    text: &str,
+    path: &Path,
+    env: &dyn Env,
+) -> Result<Config, Vec<FieldError>> {
+    let mut checker = Checker::new(SourceFile { path, text }, env);
+    let server = server(raw.server, &mut checker);
+    let store = store(raw.store, &mut checker);
+    let routes = routes::check(raw.routes, &mut checker);
+
+    match (server, store, routes) {
+        (Some(server), Some(store), Some(routes)) if checker.errors.is_empty() => Ok(Config {
+            server,
+            store,
+            routes,
+            source: ConfigSource::File(path.to_owned()),
+        }),
+        _ => Err(checker.into_errors()),
+    }
+}
+
+/// The server settings single-upstream mode uses: all defaults but the listener.
+pub(super) fn default_server(listen: SocketAddr, databricks: bool) -> ServerConfig {
+    ServerConfig {
+        listen,
+        public_url: derived_public_url(listen, false),
+        threads: default_threads(),
+        allow_anonymous: false,
+        api_keys: Vec::new(),
+        sse_keepalive: Some(Duration::from_secs(DEFAULT_SSE_KEEPALIVE_SECS)),
+        connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
+        read_timeout: Duration::from_secs(DEFAULT_READ_TIMEOUT_SECS),
+        tls: None,
+        databricks,
+    }
+}
+
+fn server(raw: RawServer, checker: &mut Checker<'_>) -> Option<ServerConfig> {
+    let (listen, databricks) = listen_address(raw.listen.as_ref(), checker);
+    let tls = match &raw.tls {
+        Some(tls) => tls_files(tls, checker).map(Some),
+        None => Some(None),
+    };
+    let public_url = public_url(raw.public_url.as_ref(), listen, tls.as_ref(), checker);
+    let threads = threads(raw.threads.as_ref(), checker);
+    let api_keys = api_keys(&raw.api_keys, checker);
+    let connect_timeout = timeout(
+        "server.connect_timeout_secs",
+        raw.connect_timeout_secs.as_ref(),
+        DEFAULT_CONNECT_TIMEOUT_SECS,
+        checker,
+    );
+    let read_timeout = timeout(
+        "server.read_timeout_secs",
+        raw.read_timeout_secs.as_ref(),
+        DEFAULT_READ_TIMEOUT_SECS,
+        checker,
+    );
+
+    // Only meaningful once the address and the keys are known to be well-formed.
+    if let (Some(listen), Some(keys)) = (listen, &api_keys) {
+        let callers_known = !keys.is_empty() || raw.allow_anonymous || databricks;
+        if !listen.ip().is_loopback() && !callers_known {
+            let span = raw.listen.as_ref().map(Spanned::span);
+            let kind = FieldErrorKind::UnauthenticatedBind { addr: listen };
+            checker.fail("server.listen".into(), span, kind);
+        }
+    }
+
+    let keepalive_secs = raw.sse_keepalive_secs.unwrap_or(DEFAULT_SSE_KEEPALIVE_SECS);
+    Some(ServerConfig {
+        listen: listen?,
+        public_url: public_url?,
+        threads: threads?,
+        allow_anonymous: raw.allow_anonymous,
+        api_keys: api_keys?,
+        sse_keepalive: (keepalive_secs > 0).then(|| Duration::from_secs(keepalive_secs)),
+        connect_timeout: connect_timeout?,
+        read_timeout: read_timeout?,
+        tls: tls?,
+        databricks,
+    })
+}
+
+/// `server.public_url` as written, or derived from the listener when absent (and when
+/// the listener and TLS settings it depends on are valid).
+fn public_url(
+    raw: Option<&Spanned<String>>,
+    listen: Option<SocketAddr>,
+    tls: Option<&Option<TlsConfig>>,
+    checker: &mut Checker<'_>,
+) -> Option<Url> {
+    match raw {
+        Some(url) => http_url(url.get_ref())
+            .map_err(|kind| checker.fail("server.public_url".into(), Some(url.span()), kind))
+            .ok(),
+        None => Some(derived_public_url(listen?, tls?.is_some())),
+    }
+}
+
+/// `server.listen`, unless Databricks Apps dictates the address: the platform only
+/// routes to `0.0.0.0:$DATABRICKS_APP_PORT`. Returns the address and whether the
+/// platform is present.
+fn listen_address(
+    raw: Option<&Spanned<String>>,
+    checker: &mut Checker<'_>,
+) -> (Option<SocketAddr>, bool) {
+    let from_file = match raw {
+        None => Some(DEFAULT_LISTEN),
+        Some(text) => match text.get_ref().trim().parse() {
+            Ok(addr) => Some(addr),
+            Err(source) => {
+                let value = text.get_ref().clone();
+                let kind = FieldErrorKind::InvalidListen { value, source };
+                checker.fail("server.listen".into(), Some(text.span()), kind);
+                None
+            }
+        },
+    };
+
+    match env::databricks_listen(checker.env) {
+        None => (from_file, false),
+        Some(Ok(addr)) => {
+            if raw.is_some() {
+                tracing::info!(listen = %addr, "DATABRICKS_APP_PORT overrides server.listen");
+            }
+            (Some(addr), true)
+        }
+        Some(Err(kind)) => {
+            checker.fail(env::DATABRICKS_PORT_VAR.into(), None, kind);
+            (None, true)
+        }
+    }
+}
+
+fn tls_files(raw: &RawTls, checker: &mut Checker<'_>) -> Option<TlsConfig> {
+    let cert_file = checker.readable_file("server.tls.cert_file", &raw.cert_file);
+    let key_file = checker.readable_file("server.tls.key_file", &raw.key_file);
+    Some(TlsConfig {
+        cert_file: cert_file?,
+        key_file: key_file?,
+    })
+}
+
+/// `http://localhost:PORT` for loopback and all-interfaces listeners, since a browser on
+/// the same machine is the usual first visitor; the listener's own IP otherwise.
+fn derived_public_url(listen: SocketAddr, tls: bool) -> Url {
+    let scheme = if tls { "https" } else { "http" };
+    let host = match listen.ip() {
+        ip if ip.is_loopback() || ip.is_unspecified() => "localhost".to_owned(),
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    let text = format!("{scheme}://{host}:{}", listen.port());
+    Url::parse(&text).expect("a scheme, an IP or localhost, and a port always form a URL")
+}
+
+/// An absolute http(s) URL with nothing but scheme, host, port and path: a query or a
+/// fragment would be lost when paths are appended, and user info would be a credential
+/// in the config file.
+pub(super) fn http_url(text: &str) -> Result<Url, FieldErrorKind> {
+    let url = Url::parse(text).map_err(|source| FieldErrorKind::InvalidUrl {
+        value: text.to_owned(),
+        source,
+    })?;
+    let extra = |part| FieldErrorKind::UrlExtraPart {
+        url: text.to_owned(),
+        part,
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(FieldErrorKind::UrlScheme {
+            url: text.to_owned(),
+        });
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(extra("user info (put credentials in [routes.auth])"));
+    }
+    if url.query().is_some() {
+        return Err(extra("a query"));
+    }
+    if url.fragment().is_some() {
+        return Err(extra("a fragment"));
+    }
+    Ok(url)
+}
+
+fn threads(raw: Option<&Spanned<usize>>, checker: &mut Checker<'_>) -> Option<usize> {
+    match raw {
+        None => Some(default_threads()),
+        Some(threads) if *threads.get_ref() == 0 => {
+            let span = Some(threads.span());
+            checker.fail("server.threads".into(), span, FieldErrorKind::ZeroThreads);
+            None
+        }
+        Some(threads) => Some(*threads.get_ref()),
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+fn api_keys(raw: &[Spanned<String>], checker: &mut Checker<'_>) -> Option<Vec<ApiKeyHash>> {
+    let mut keys = Vec::with_capacity(raw.len());
+    let mut all_valid = true;
+    for (index, text) in raw.iter().enumerate() {
+        match ApiKeyHash::parse(text.get_ref().trim()) {
+            Some(key) => keys.push(key),
+            None => {
+                let key = format!("server.api_keys[{index}]");
+                checker.fail(key, Some(text.span()), FieldErrorKind::InvalidApiKey);
+                all_valid = false;
+            }
+        }
+    }
+    all_valid.then_some(keys)
+}
+
+fn timeout(
+    key: &str,
+    raw: Option<&Spanned<u64>>,
+    default_secs: u64,
+    checker: &mut Checker<'_>,
+) -> Option<Duration> {
+    match raw {
+        None => Some(Duration::from_secs(default_secs)),
+        Some(secs) if *secs.get_ref() == 0 => {
+            checker.fail(key.into(), Some(secs.span()), FieldErrorKind::ZeroTimeout);
+            None
+        }
+        Some(secs) => Some(Duration::from_secs(*secs.get_ref())),
+    }
+}
+
+fn store(raw: RawStore, checker: &mut Checker<'_>) -> Option<StoreConfig> {
+    let kind = match raw.kind {
+        RawStoreKind::File => StoreKind::File,
+    };
+    let dir = match &raw.dir {
+        Some(dir) => checker.path("store.dir", dir)?,
+        None => match env::expand_home(DEFAULT_STORE_DIR, checker.env) {
+            Ok(dir) => dir,
+            Err(kind) => {
+                checker.fail("store.dir".into(), None, kind);
+                return None;
+            }
+        },
+    };
+    Some(StoreConfig { kind, dir })
+}
+
+fn readable_file(path: &Path) -> Result<(), FieldErrorKind> {
+    let unreadable = |source| FieldErrorKind::UnreadableFile {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let metadata = file.metadata().map_err(unreadable)?;
+    if !metadata.is_file() {
+        return Err(FieldErrorKind::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}

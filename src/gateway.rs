@@ -1,0 +1,423 @@
+//! Assembling and running a gateway: from a validated [`Config`] to listening pingora
+//! services, and back down again.
+//!
+//! The gateway binds its listening sockets itself before pingora starts, so that start-up
+//! fails with a clear error when an address is taken, port 0 works (tests, and the address
+//! is known before the first request), and the banner can print the real address. Pingora
+//! then adopts the sockets through its listen-fd table, the same table its graceful upgrade
+//! hands between processes.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::connectors::http::Connector;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{
+    ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+};
+use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
+use url::Url;
+
+use crate::config::{BearerSource, Config, RouteAuth, RouteConfig};
+use crate::metrics::Metrics;
+use crate::proxy::GatewayProxy;
+use crate::proxy::inbound::Inbound;
+use crate::proxy::upstream::{Timeouts, Upstream};
+use crate::route::{Route, RouteTable};
+use crate::token::{NoToken, OAuthPending, StaticToken, TokenError, TokenSource};
+
+/// How long a terminating gateway waits for requests in flight before it closes them.
+const DRAIN_BOUND: Duration = Duration::from_secs(10);
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("route '{route}': cannot load its upstream token")]
+    Token {
+        route: String,
+        #[source]
+        source: TokenError,
+    },
+    #[error("route '{route}': cannot load the CA file {path}")]
+    CaFile {
+        route: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("route '{route}': header {name} has an invalid value")]
+    Header { route: String, name: String },
+}
+
+/// Everything requests share: routes, settings, the upstream connector and counters.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) routes: RouteTable,
+    pub(crate) inbound: Inbound,
+    pub(crate) keepalive: Option<Duration>,
+    pub(crate) connector: ConnectorDebug,
+    pub(crate) metrics: Metrics,
+    pub(crate) inflight: Inflight,
+    pub(crate) public_url: Url,
+    pub(crate) draining: AtomicBool,
+}
+
+/// Pingora's connector, which has no `Debug` of its own.
+pub(crate) struct ConnectorDebug(pub(crate) Connector);
+
+impl std::fmt::Debug for ConnectorDebug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connector")
+    }
+}
+
+impl std::ops::Deref for ConnectorDebug {
+    type Target = Connector;
+    fn deref(&self) -> &Connector {
+        &self.0
+    }
+}
+
+/// Counts requests in flight, for a graceful drain.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Inflight(Arc<AtomicUsize>);
+
+impl Inflight {
+    pub(crate) fn enter(&self) -> InflightGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(Arc::clone(&self.0))
+    }
+
+    fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One request in flight; dropping it ends the request's count.
+#[derive(Debug)]
+pub(crate) struct InflightGuard(Arc<AtomicUsize>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A configured gateway whose sockets are bound; [`Gateway::run`] or [`Gateway::spawn`] it.
+#[derive(Debug)]
+pub struct Gateway {
+    config: Config,
+    shared: Arc<Shared>,
+    listener: OwnedFd,
+    addr: SocketAddr,
+}
+
+impl Gateway {
+    /// Builds the route table and binds the listening socket.
+    pub fn bind(config: Config) -> Result<Self, StartError> {
+        let shared = Arc::new(build_shared(&config)?);
+        let (listener, addr) = bind(config.server.listen)?;
+        Ok(Self {
+            config,
+            shared,
+            listener,
+            addr,
+        })
+    }
+
+    /// The address the gateway listens on (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains requests in flight for up to ten seconds.
+    pub fn run(self) {
+        let signals = UnixSignals {
+            shared: Arc::clone(&self.shared),
+        };
+        self.into_server().run(RunArgs {
+            shutdown_signal: Box::new(signals),
+        });
+    }
+
+    /// Serves on background threads until the returned handle is stopped or dropped.
+    pub fn spawn(self) -> RunningGateway {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let addr = self.addr;
+        let server = self.into_server();
+        let thread = std::thread::spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(StopSignal(stopped)),
+            })
+        });
+        RunningGateway {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn into_server(self) -> Server {
+        let mut conf = ServerConf {
+            threads: self.config.server.threads,
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(0),
+            ..ServerConf::default()
+        };
+        conf.upstream_keepalive_pool_size = 256;
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+        let mut service = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            GatewayProxy::new(Arc::clone(&self.shared)),
+            "mcp-u2m-gateway",
+        );
+        let addr = self.addr.to_string();
+        match &self.config.server.tls {
+            Some(tls) => {
+                let cert = tls.cert_file.to_string_lossy();
+                let key = tls.key_file.to_string_lossy();
+                if let Err(error) = service.add_tls(&addr, &cert, &key) {
+                    tracing::error!(%error, "cannot load the listener's TLS certificate or key");
+                }
+            }
+            None => service.add_tcp(&addr),
+        }
+        server.add_service(Prebound {
+            inner: service,
+            sockets: vec![(addr, self.listener)],
+        });
+        server
+    }
+}
+
+/// A gateway serving on background threads; stops when dropped.
+#[derive(Debug)]
+pub struct RunningGateway {
+    addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving at once and waits for the gateway's threads to end.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn build_shared(config: &Config) -> Result<Shared, StartError> {
+    let timeouts = Timeouts {
+        connect: config.server.connect_timeout,
+        read: config.server.read_timeout,
+    };
+    let routes = config
+        .routes
+        .iter()
+        .map(|route| build_route(route, timeouts).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Shared {
+        routes: RouteTable::new(routes),
+        inbound: Inbound::new(config.server.api_keys.clone()),
+        keepalive: config.server.sse_keepalive,
+        connector: ConnectorDebug(Connector::new(None)),
+        metrics: Metrics::new(),
+        inflight: Inflight::default(),
+        public_url: config.server.public_url.clone(),
+        draining: AtomicBool::new(false),
+    })
+}
+
+fn build_route(config: &RouteConfig, timeouts: Timeouts) -> Result<Route, StartError> {
+    let token_error = |source| StartError::Token {
+        route: config.name.clone(),
+        source,
+    };
+    let tokens: Arc<dyn TokenSource> = match &config.auth {
+        RouteAuth::OAuth => Arc::new(OAuthPending {
+            route: config.name.clone(),
+        }),
+        RouteAuth::Bearer(BearerSource::Env(name)) => {
+            Arc::new(StaticToken::from_env(name).map_err(token_error)?)
+        }
+        RouteAuth::Bearer(BearerSource::File(path)) => {
+            Arc::new(StaticToken::from_file(path).map_err(token_error)?)
+        }
+        RouteAuth::None => Arc::new(NoToken),
+    };
+    let ca =
+        match &config.ca_file {
+            Some(path) => Some(crate::proxy::upstream::load_ca(path).map_err(|source| {
+                StartError::CaFile {
+                    route: config.name.clone(),
+                    path: path.clone(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
+    let extra_headers = config
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            let invalid = || StartError::Header {
+                route: config.name.clone(),
+                name: name.clone(),
+            };
+            let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
+            let value = http::HeaderValue::from_str(value).map_err(|_| invalid())?;
+            Ok((name, value))
+        })
+        .collect::<Result<Vec<_>, StartError>>()?;
+    Ok(Route {
+        name: config.name.clone(),
+        prefix: config.prefix.clone(),
+        upstream: Upstream::new(config.upstream.clone(), timeouts, ca),
+        tokens,
+        extra_headers,
+    })
+}
+
+/// Binds a listening TCP socket with a backlog fit for bursts of MCP clients.
+fn bind(addr: SocketAddr) -> Result<(OwnedFd, SocketAddr), StartError> {
+    let error = |source| StartError::Bind { addr, source };
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None).map_err(error)?;
+    socket.set_reuse_address(true).map_err(error)?;
+    socket.set_nonblocking(true).map_err(error)?;
+    socket.bind(&addr.into()).map_err(error)?;
+    socket.listen(1024).map_err(error)?;
+    let listener: TcpListener = socket.into();
+    let local = listener.local_addr().map_err(error)?;
+    Ok((OwnedFd::from(listener), local))
+}
+
+/// Hands pre-bound sockets to a pingora service through the listen-fd table.
+struct Prebound<S> {
+    inner: S,
+    sockets: Vec<(String, OwnedFd)>,
+}
+
+#[async_trait]
+impl<S: ServiceWithDependents> ServiceWithDependents for Prebound<S> {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+        ready: ServiceReadyNotifier,
+    ) {
+        if let Some(table) = &fds {
+            let mut table = table.lock();
+            for (addr, socket) in self.sockets.drain(..) {
+                // A socket inherited from an upgrading process wins; ours then just closes.
+                if table.get(&addr).is_none() {
+                    table.add(addr, socket.into_raw_fd());
+                }
+            }
+        }
+        self.inner
+            .start_service(fds, shutdown, listeners_per_fd, ready)
+            .await
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.inner.threads()
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        self.inner.listen_addresses()
+    }
+}
+
+/// SIGTERM or SIGINT: drain requests in flight (bounded), then stop; a second signal stops
+/// at once.
+struct UnixSignals {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for UnixSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop the gateway with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let inflight = self.shared.inflight.count();
+        tracing::info!(
+            inflight,
+            bound_secs = DRAIN_BOUND.as_secs(),
+            "shutting down: draining requests in flight"
+        );
+        tokio::select! {
+            _ = self.drained() => tracing::info!("drained"),
+            _ = tokio::time::sleep(DRAIN_BOUND) => {
+                tracing::warn!(inflight = self.shared.inflight.count(), "drain bound reached; closing the rest")
+            }
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        ShutdownSignal::FastShutdown
+    }
+}
+
+impl UnixSignals {
+    async fn drained(&self) {
+        while self.shared.inflight.count() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The in-process stop switch of a [`RunningGateway`].
+struct StopSignal(tokio::sync::watch::Receiver<bool>);
+
+#[async_trait]
+impl ShutdownSignalWatch for StopSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut stopped = self.0.clone();
+        let _ = stopped.wait_for(|stop| *stop).await;
+        ShutdownSignal::FastShutdown
+    }
+}

@@ -1,0 +1,140 @@
+//! Header rules at the gateway's two edges.
+//!
+//! Toward the upstream: the client's credentials, cookies, `Origin` and hop-by-hop headers
+//! never pass; the route's token and static headers are added; streams ask for no
+//! compression. Toward the client: hop-by-hop headers and the upstream's own OAuth challenge
+//! are dropped, and event streams are marked so that no intermediary buffers them. Every MCP
+//! header (`Mcp-Session-Id`, `MCP-Protocol-Version`, `Last-Event-ID`, `Mcp-Method`, …)
+//! passes both ways untouched because nothing here names it.
+
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::route::Route;
+use crate::token::AccessToken;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the proxy-specific ones.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Client headers that must never reach an upstream.
+const CLIENT_ONLY: &[HeaderName] = &[header::AUTHORIZATION, header::COOKIE, header::ORIGIN];
+
+/// Whether the client asked for an event stream.
+pub(crate) fn accepts_event_stream(request: &RequestHeader) -> bool {
+    request
+        .headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("text/event-stream"))
+}
+
+/// Whether a response is an event stream.
+pub(crate) fn is_event_stream(response: &ResponseHeader) -> bool {
+    response
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("text/event-stream"))
+}
+
+/// Turns a copy of the client's request header into the upstream's.
+pub(crate) fn prepare_upstream(
+    request: &mut RequestHeader,
+    route: &Route,
+    token: Option<&AccessToken>,
+) -> Result<(), http::header::InvalidHeaderValue> {
+    for name in hop_by_hop(&request.headers) {
+        request.remove_header(&name);
+    }
+    for name in CLIENT_ONLY {
+        request.remove_header(name);
+    }
+    let _ = request.insert_header(header::HOST, route.upstream.host_header());
+    for (name, value) in &route.extra_headers {
+        let _ = request.insert_header(name.clone(), value.clone());
+    }
+    if let Some(token) = token {
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.secret()))?;
+        value.set_sensitive(true);
+        let _ = request.insert_header(header::AUTHORIZATION, value);
+    }
+    if accepts_event_stream(request) {
+        let _ = request.insert_header(header::ACCEPT_ENCODING, "identity");
+    }
+    Ok(())
+}
+
+/// Turns the upstream's response header into the client's.
+pub(crate) fn prepare_downstream(response: &mut ResponseHeader) {
+    for name in hop_by_hop(&response.headers) {
+        response.remove_header(&name);
+    }
+    // A client that saw the upstream's challenge would start its own OAuth flow against the
+    // upstream and then send us tokens we must not forward.
+    response.remove_header(&header::WWW_AUTHENTICATE);
+    if is_event_stream(response) {
+        response.remove_header(&header::CONTENT_LENGTH);
+        let _ = response.insert_header(header::CACHE_CONTROL, "no-cache, no-transform");
+        let _ = response.insert_header("x-accel-buffering", "no");
+    }
+}
+
+/// The hop-by-hop headers present, including any the `Connection` header names.
+fn hop_by_hop(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    let listed = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
+    let fixed = HOP_BY_HOP.iter().map(|name| HeaderName::from_static(name));
+    listed
+        .chain(fixed)
+        .filter(|name| headers.contains_key(name))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_listed_headers_are_hop_by_hop_too() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("mcp-session-id", HeaderValue::from_static("abc"));
+        let names = hop_by_hop(&headers);
+        assert!(names.contains(&HeaderName::from_static("x-secret-hop")));
+        assert!(names.contains(&header::CONNECTION));
+        assert!(!names.contains(&HeaderName::from_static("mcp-session-id")));
+    }
+
+    #[test]
+    fn event_stream_responses_are_marked_unbuffered() {
+        let mut response = ResponseHeader::build(200, None).expect("header");
+        response
+            .insert_header("content-type", "text/event-stream; charset=utf-8")
+            .expect("insert");
+        response
+            .insert_header("www-authenticate", "Bearer x")
+            .expect("insert");
+        prepare_downstream(&mut response);
+        assert_eq!(response.headers["cache-control"], "no-cache, no-transform");
+        assert_eq!(response.headers["x-accel-buffering"], "no");
+        assert!(response.headers.get("www-authenticate").is_none());
+    }
+}

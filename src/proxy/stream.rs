@@ -1,0 +1,210 @@
+//! The gateway's own relay for long-lived event streams (`GET` with
+//! `Accept: text/event-stream`): the legacy HTTP+SSE stream and Streamable HTTP's listening
+//! stream.
+//!
+//! Pingora's proxy loop only wakes up when bytes arrive, so these streams get a loop of their
+//! own that can also speak when the upstream is silent. It forwards each complete event the
+//! moment it arrives, rewrites the legacy `endpoint` event so that clients post back through
+//! the gateway, writes a keepalive comment when the stream has been idle for the configured
+//! interval (only between events), and ends the upstream stream as soon as the client goes
+//! away. There is no total timeout.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType};
+use tokio::time::{Instant, sleep_until};
+use url::Url;
+
+use super::headers;
+use super::reply;
+use super::sse::{EndpointRewriter, SseScanner};
+use crate::gateway::Shared;
+use crate::route::Route;
+use crate::token::AccessToken;
+
+/// The comment written to a stream that has been idle for the keepalive interval.
+const KEEPALIVE: &[u8] = b": keepalive\n\n";
+
+/// Relays one event-stream request; returns the status sent to the client.
+pub(crate) async fn relay(
+    session: &mut Session,
+    shared: &Shared,
+    route: &Route,
+    url: &Url,
+    token: Option<&AccessToken>,
+) -> pingora::Result<u16> {
+    let mut upstream = match open(session, shared, route, url, token).await {
+        Ok(upstream) => upstream,
+        Err(error) => return Ok(upstream_error_reply(session, shared, &route.name, &error).await),
+    };
+    let Some(mut response) = upstream.response_header().cloned() else {
+        return Error::e_explain(ErrorType::InternalError, "upstream response header missing");
+    };
+    let status = response.status.as_u16();
+    let event_stream = headers::is_event_stream(&response);
+    headers::prepare_downstream(&mut response);
+    session
+        .write_response_header(Box::new(response), false)
+        .await?;
+
+    let rewriter = EndpointRewriter::new(
+        url.clone(),
+        route.upstream.base_url().clone(),
+        &route.prefix,
+    );
+    let mut pump = Pump {
+        scanner: event_stream.then(SseScanner::new),
+        rewriter,
+        keepalive: shared.keepalive.filter(|_| event_stream),
+    };
+    let _open = shared.metrics.stream_opened(&route.name);
+    match pump.run(session, &mut upstream).await {
+        StreamEnd::UpstreamFailed(error) => {
+            tracing::warn!(route = %route.name, error = error.as_str(), "upstream stream failed")
+        }
+        end => tracing::debug!(route = %route.name, ?end, "event stream ended"),
+    }
+    // A stream the client left is never returned to the pool: closing it tells the upstream.
+    upstream.shutdown().await;
+    Ok(status)
+}
+
+/// Why a relayed stream ended.
+#[derive(Debug)]
+enum StreamEnd {
+    UpstreamFinished,
+    UpstreamFailed(ErrorType),
+    ClientGone,
+}
+
+struct Pump {
+    scanner: Option<SseScanner>,
+    rewriter: EndpointRewriter,
+    keepalive: Option<Duration>,
+}
+
+impl Pump {
+    async fn run(&mut self, session: &mut Session, upstream: &mut HttpSession) -> StreamEnd {
+        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut next_keepalive = self
+            .keepalive
+            .map_or(far_future, |every| Instant::now() + every);
+        loop {
+            tokio::select! {
+                chunk = upstream.read_response_body() => {
+                    let end = match chunk {
+                        Ok(Some(chunk)) => self.forward(session, &chunk).await,
+                        Ok(None) => return self.finish(session).await,
+                        Err(error) => Some(StreamEnd::UpstreamFailed(error.etype().clone())),
+                    };
+                    if let Some(end) = end {
+                        return end;
+                    }
+                    if let Some(every) = self.keepalive {
+                        next_keepalive = Instant::now() + every;
+                    }
+                }
+                _ = sleep_until(next_keepalive), if self.keepalive.is_some() => {
+                    let every = self.keepalive.unwrap_or_default();
+                    next_keepalive = Instant::now() + every;
+                    if self.scanner.as_ref().is_some_and(SseScanner::at_event_boundary)
+                        && write(session, Bytes::from_static(KEEPALIVE)).await.is_err()
+                    {
+                        return StreamEnd::ClientGone;
+                    }
+                }
+                _ = session.read_body_or_idle(true) => return StreamEnd::ClientGone,
+            }
+        }
+    }
+
+    /// Forwards what the scanner releases from `chunk`; `Some` when the stream must end.
+    async fn forward(&mut self, session: &mut Session, chunk: &Bytes) -> Option<StreamEnd> {
+        let out = match &mut self.scanner {
+            Some(scanner) => scanner.feed(chunk, |data| self.rewriter.rewrite(data)),
+            None => chunk.clone(),
+        };
+        if out.is_empty() {
+            return None;
+        }
+        write(session, out)
+            .await
+            .err()
+            .map(|_| StreamEnd::ClientGone)
+    }
+
+    async fn finish(&mut self, session: &mut Session) -> StreamEnd {
+        let rest = self
+            .scanner
+            .as_mut()
+            .map(SseScanner::finish)
+            .unwrap_or_default();
+        let _ = session.write_response_body(Some(rest), true).await;
+        StreamEnd::UpstreamFinished
+    }
+}
+
+async fn write(session: &mut Session, bytes: Bytes) -> pingora::Result<()> {
+    session.write_response_body(Some(bytes), false).await
+}
+
+/// Connects to the upstream, sends the request and reads the response header.
+async fn open(
+    session: &Session,
+    shared: &Shared,
+    route: &Route,
+    url: &Url,
+    token: Option<&AccessToken>,
+) -> pingora::Result<HttpSession> {
+    let peer = route
+        .upstream
+        .peer(true)
+        .await
+        .map_err(|e| Error::because(ErrorType::ConnectNoRoute, "resolving the upstream", e))?;
+    let mut request = upstream_request(session.req_header(), url)?;
+    headers::prepare_upstream(&mut request, route, token)
+        .map_err(|e| Error::because(ErrorType::InternalError, "token is not a valid header", e))?;
+    let (mut upstream, _reused) = shared.connector.get_http_session(&peer).await?;
+    upstream.write_request_header(Box::new(request)).await?;
+    upstream.finish_request_body().await?;
+    upstream.read_response_header().await?;
+    Ok(upstream)
+}
+
+fn upstream_request(client: &RequestHeader, url: &Url) -> pingora::Result<RequestHeader> {
+    let target = super::path_and_query(url);
+    let mut request = RequestHeader::build(client.method.clone(), target.as_bytes(), None)?;
+    for (name, value) in &client.headers {
+        request.append_header(name.clone(), value.clone())?;
+    }
+    Ok(request)
+}
+
+/// Answers a request whose upstream failed before a response began; returns the status.
+pub(crate) async fn upstream_error_reply(
+    session: &mut Session,
+    shared: &Shared,
+    route: &str,
+    error: &Error,
+) -> u16 {
+    let failure = reply::upstream_failure(error);
+    shared.metrics.upstream_error(route, failure.code);
+    if session.response_written().is_some() {
+        // The client already has a response header; all we can do is end the stream.
+        return 0;
+    }
+    tracing::warn!(route, status = failure.status, cause = %failure.cause, "upstream failed");
+    let mut body = reply::error_body(
+        failure.code,
+        format!("route '{route}': the upstream failed: {}", failure.cause),
+    );
+    body["route"] = route.into();
+    match reply::json(session, failure.status, &body).await {
+        Ok(status) => status,
+        Err(_) => 0,
+    }
+}

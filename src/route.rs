@@ -1,0 +1,133 @@
+//! The route table: which route, or which control-plane page, a request path belongs to.
+//!
+//! Built once from the validated [`Config`](crate::config::Config) and shared by every
+//! request. Reserved control paths (`/`, `/healthz`, `/auth/…`, …) always win over routes, so
+//! a route at prefix `/` (single-upstream mode) still leaves the gateway's own pages
+//! reachable. Among routes, the longest prefix that matches on a segment boundary wins:
+//! `/a` matches `/a` and `/a/mcp`, never `/ab`.
+
+use std::sync::Arc;
+
+use url::Url;
+
+use crate::config::RESERVED_PATHS;
+use crate::proxy::upstream::Upstream;
+use crate::token::TokenSource;
+
+/// One configured route, ready to serve: its settings, its upstream and its token source.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub(crate) name: String,
+    pub(crate) prefix: String,
+    pub(crate) upstream: Upstream,
+    pub(crate) tokens: Arc<dyn TokenSource>,
+    pub(crate) extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl Route {
+    /// The upstream URL for `rest` (the path after the prefix) and the raw query.
+    pub(crate) fn upstream_url(&self, rest: &str, query: Option<&str>) -> Url {
+        crate::proxy::sse::upstream_url(self.upstream.base_url(), rest, query)
+    }
+
+    /// The settings this route was built from, for `check` and the index page.
+    pub(crate) fn describe(&self) -> RouteSummary<'_> {
+        RouteSummary {
+            name: &self.name,
+            prefix: &self.prefix,
+            upstream: self.upstream.base_url().as_str(),
+            auth: self.tokens.kind(),
+        }
+    }
+}
+
+/// What a person needs to know about a route; never includes a credential.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct RouteSummary<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) prefix: &'a str,
+    pub(crate) upstream: &'a str,
+    pub(crate) auth: &'static str,
+}
+
+/// Where a request path leads.
+#[derive(Debug)]
+pub(crate) enum Destination<'a> {
+    /// One of the gateway's own pages or APIs.
+    Control,
+    /// A route, with the rest of the path after its prefix (empty or starting with `/`).
+    Route(&'a Arc<Route>, &'a str),
+    /// Nothing is configured here.
+    NotFound,
+}
+
+/// All routes, longest prefix first.
+#[derive(Debug, Default)]
+pub(crate) struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    pub(crate) fn new(mut routes: Vec<Arc<Route>>) -> Self {
+        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        Self { routes }
+    }
+
+    pub(crate) fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+
+    /// Finds where `path` (without the query) leads.
+    pub(crate) fn lookup<'a>(&'a self, path: &'a str) -> Destination<'a> {
+        if is_reserved(path) {
+            return Destination::Control;
+        }
+        for route in &self.routes {
+            if let Some(rest) = strip_prefix(path, &route.prefix) {
+                return Destination::Route(route, rest);
+            }
+        }
+        Destination::NotFound
+    }
+}
+
+/// Whether `path` is one of the gateway's own: `/` exactly, or a reserved path or below it.
+pub(crate) fn is_reserved(path: &str) -> bool {
+    path == "/"
+        || RESERVED_PATHS
+            .iter()
+            .filter(|reserved| **reserved != "/")
+            .any(|reserved| strip_prefix(path, reserved).is_some())
+}
+
+/// The rest of `path` after `prefix`, when `prefix` matches on a segment boundary.
+fn strip_prefix<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    if prefix == "/" {
+        return Some(path);
+    }
+    let rest = path.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries_only() {
+        assert_eq!(strip_prefix("/a", "/a"), Some(""));
+        assert_eq!(strip_prefix("/a/mcp", "/a"), Some("/mcp"));
+        assert_eq!(strip_prefix("/ab", "/a"), None);
+        assert_eq!(strip_prefix("/sse", "/"), Some("/sse"));
+    }
+
+    #[test]
+    fn reserved_paths_include_their_subpaths_but_not_lookalikes() {
+        assert!(is_reserved("/"));
+        assert!(is_reserved("/healthz"));
+        assert!(is_reserved("/auth/jira/start"));
+        assert!(is_reserved("/admin/api/routes"));
+        assert!(!is_reserved("/authors"));
+        assert!(!is_reserved("/sse"));
+    }
+}

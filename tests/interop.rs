@@ -1,0 +1,94 @@
+//! A real MCP client that nobody here wrote: the official Python SDK, driven through the
+//! gateway over both transports against the mock upstream.
+//!
+//! The client runs from the virtualenv that `scripts/interop-venv.sh` prepares (the README's
+//! test command and CI run it first); `INTEROP_PYTHON` may name another interpreter.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+use support::gateway::single_route;
+use support::mock_upstream::{MockOptions, MockUpstream};
+
+const TOKEN: &str = "interop-upstream-token";
+
+fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("INTEROP_PYTHON") {
+        return python.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/interop-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "the Python MCP SDK venv is missing: run scripts/interop-venv.sh (the README's test command does)"
+    );
+    venv
+}
+
+fn run_client(transport: &str, url: &str) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/python_client.py");
+    let output = Command::new(python())
+        .arg(script)
+        .args([
+            "--transport",
+            transport,
+            "--url",
+            url,
+            "--expect-tool",
+            "echo",
+        ])
+        .output()
+        .expect("run the Python MCP client");
+    assert!(
+        output.status.success(),
+        "python client over {transport} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("one JSON line")
+}
+
+async fn check_transport(transport: &str, path: &str) {
+    let upstream = MockUpstream::start(MockOptions {
+        token: TOKEN.into(),
+        base_path: "/v1".into(),
+        ..Default::default()
+    })
+    .await;
+    let gateway = single_route("/mock", &upstream.base_url(), TOKEN, "");
+    let url = format!("{}{path}", gateway.url());
+    let transport_owned = transport.to_owned();
+    let summary = tokio::task::spawn_blocking(move || run_client(&transport_owned, &url))
+        .await
+        .expect("client thread");
+    assert_eq!(summary["transport"], transport);
+    assert_eq!(summary["server_name"], "mock-upstream");
+    assert_eq!(summary["echo"], "hello through the gateway");
+    assert_eq!(summary["progress"], 3, "{summary}");
+    assert_eq!(summary["slow_result"], "done after 3 steps");
+    // Everything the upstream saw carried the gateway's token, none the client's.
+    let requests = upstream.state().requests();
+    assert!(!requests.is_empty());
+    for request in requests {
+        let auth = request
+            .headers
+            .iter()
+            .find(|(name, _)| name == "authorization");
+        assert_eq!(
+            auth.map(|(_, v)| v.as_str()),
+            Some(format!("Bearer {TOKEN}").as_str())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_client_works_over_streamable_http() {
+    check_transport("streamable", "/mock/mcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_client_works_over_legacy_sse() {
+    check_transport("sse", "/mock/sse").await;
+}

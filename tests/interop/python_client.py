@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Drive one MCP session through the gateway with the official Python SDK.
+
+The gateway's interoperability tests run this script against a gateway route
+to prove that a real MCP client, not just our own test code, can talk through
+it. It connects over the transport named on the command line, initializes,
+lists the tools, calls `echo`, calls `slow_stream` while counting progress
+notifications, and prints one JSON line that the calling test checks:
+
+    {"transport": ..., "server_name": ..., "tools": [...], "echo": ...,
+     "progress": N, "slow_result": ...}
+
+Any failure ends the process with status 1 and a one-line reason on stderr;
+bad arguments end it with status 2. The whole run is bounded by a timeout so
+a stuck stream fails the test instead of hanging it.
+
+Usage:
+    python_client.py --transport streamable|sse --url URL [--expect-tool NAME]...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import httpx2
+import mcp.types as types
+from mcp.client.session import ClientSession
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+
+OVERALL_TIMEOUT_SECS = 30.0
+ECHO_TEXT = "hello through the gateway"
+SLOW_ARGS = {"steps": 3, "interval_ms": 100}
+CLIENT_INFO = types.Implementation(name="mcp-gateway-interop-client", version="1.0.0")
+
+
+class InteropFailure(Exception):
+    """A step of the session did not go as the gateway tests require."""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transport", required=True, choices=["streamable", "sse"])
+    parser.add_argument("--url", required=True, help="MCP endpoint (streamable) or SSE stream URL")
+    parser.add_argument(
+        "--expect-tool",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="fail unless tools/list contains NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--bearer-env",
+        metavar="VAR",
+        help="send Authorization: Bearer with the value of environment variable VAR",
+    )
+    return parser.parse_args(argv)
+
+
+def request_headers(bearer_env: str | None) -> dict[str, str]:
+    # The key is read from the environment so it never shows up in a process listing.
+    if bearer_env is None:
+        return {}
+    key = os.environ.get(bearer_env)
+    if not key:
+        raise InteropFailure(f"environment variable {bearer_env} is unset or empty")
+    return {"Authorization": f"Bearer {key}"}
+
+
+def loopback_only_client(
+    headers: dict[str, str] | None = None,
+    timeout: httpx2.Timeout | None = None,
+    auth: httpx2.Auth | None = None,
+) -> httpx2.AsyncClient:
+    """An HTTP client that ignores proxy settings from the environment.
+
+    The tests point this script at a gateway on loopback; an inherited
+    HTTP_PROXY must not send that traffic anywhere else.
+    """
+    return httpx2.AsyncClient(
+        headers=headers,
+        timeout=timeout or httpx2.Timeout(OVERALL_TIMEOUT_SECS),
+        auth=auth,
+        trust_env=False,
+    )
+
+
+async def open_transport(stack: AsyncExitStack, args: argparse.Namespace) -> tuple[Any, Any]:
+    headers = request_headers(args.bearer_env)
+    if args.transport == "sse":
+        return await stack.enter_async_context(
+            sse_client(
+                args.url,
+                headers=headers,
+                timeout=OVERALL_TIMEOUT_SECS,
+                sse_read_timeout=OVERALL_TIMEOUT_SECS,
+                httpx_client_factory=loopback_only_client,
+            )
+        )
+
+    # The streamable transport takes a ready client and leaves its lifetime to us.
+    http_client = await stack.enter_async_context(loopback_only_client(headers=headers))
+    return await stack.enter_async_context(
+        streamable_http_client(args.url, http_client=http_client)
+    )
+
+
+def result_text(tool: str, result: types.CallToolResult) -> str:
+    text = "".join(
+        block.text for block in result.content if isinstance(block, types.TextContent)
+    )
+    if result.is_error:
+        raise InteropFailure(f"tool {tool} returned an error result: {text!r}")
+    return text
+
+
+async def run_session(args: argparse.Namespace) -> dict[str, Any]:
+    async with AsyncExitStack() as stack:
+        read_stream, write_stream = await open_transport(stack, args)
+        session = await stack.enter_async_context(
+            ClientSession(read_stream, write_stream, client_info=CLIENT_INFO)
+        )
+
+        init = await session.initialize()
+
+        # Ask for every page so a paginating upstream still yields the full set.
+        tools: list[str] = []
+        cursor: str | None = None
+        while True:
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            listing = await session.list_tools(params=params)
+            tools.extend(tool.name for tool in listing.tools)
+            cursor = listing.next_cursor
+            if not cursor:
+                break
+        missing = sorted(set(args.expect_tool) - set(tools))
+        if missing:
+            raise InteropFailure(f"tools/list lacks expected tools {missing}; got {sorted(tools)}")
+
+        echo = await session.call_tool("echo", {"text": ECHO_TEXT})
+
+        progress_seen = 0
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            nonlocal progress_seen
+            progress_seen += 1
+
+        slow = await session.call_tool("slow_stream", dict(SLOW_ARGS), progress_callback=on_progress)
+
+        return {
+            "transport": args.transport,
+            "server_name": init.server_info.name,
+            "tools": sorted(tools),
+            "echo": result_text("echo", echo),
+            "progress": progress_seen,
+            "slow_result": result_text("slow_stream", slow),
+        }
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming the innermost causes, since task groups wrap them."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(inner) for inner in exc.exceptions)
+    text = str(exc).strip().replace("\n", " ")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        with anyio.fail_after(OVERALL_TIMEOUT_SECS):
+            return await run_session(args)
+    except TimeoutError as exc:
+        raise InteropFailure(f"no complete session within {OVERALL_TIMEOUT_SECS:.0f} s") from exc
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    try:
+        report = anyio.run(main_async, args)
+    except Exception as exc:
+        print(f"python_client: {args.transport} {args.url}: {describe(exc)}", file=sys.stderr)
+        return 1
+    print(json.dumps(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,5 @@
+//! Helpers shared by the integration tests; each test binary uses only some of them.
+#![allow(dead_code)]
+
+pub mod gateway;
+pub mod mock_upstream;
