@@ -69,7 +69,7 @@ pub(crate) struct RouteTable {
 
 impl RouteTable {
     pub(crate) fn new(mut routes: Vec<Arc<Route>>) -> Self {
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
         Self { routes }
     }
 

@@ -57,7 +57,7 @@ async fn check_transport(transport: &str, path: &str) {
         ..Default::default()
     })
     .await;
-    let gateway = single_route("/mock", &upstream.base_url(), TOKEN, "");
+    let gateway = single_route("/mock", upstream.base_url(), TOKEN, "");
     let url = format!("{}{path}", gateway.url());
     let transport_owned = transport.to_owned();
     let summary = tokio::task::spawn_blocking(move || run_client(&transport_owned, &url))

@@ -65,7 +65,7 @@ async fn paths_and_queries_are_joined_onto_the_upstream_base() {
         ..Default::default()
     })
     .await;
-    let gateway = single_route("/jira", &upstream.base_url(), TOKEN, "");
+    let gateway = single_route("/jira", upstream.base_url(), TOKEN, "");
     let echo: Value = client()
         .get(format!(
             "{}/jira/some/path?a=1&b=two%20words",
@@ -151,7 +151,7 @@ auth = {{ kind = "bearer", token_file = "{{dir}}/t" }}
 #[tokio::test(flavor = "multi_thread")]
 async fn client_credentials_never_reach_the_upstream_and_the_route_token_does() {
     let upstream = mock(MockOptions::default()).await;
-    let gateway = single_route("/up", &upstream.base_url(), TOKEN, "");
+    let gateway = single_route("/up", upstream.base_url(), TOKEN, "");
     let echo: Value = client()
         .post(format!("{}/up/anything", gateway.url()))
         .header("authorization", "Bearer client-secret")
@@ -236,7 +236,7 @@ impl McpClient {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_streamable_http_session_runs_end_to_end() {
     let upstream = mock(MockOptions::default()).await;
-    let gateway = single_route("/up", &upstream.base_url(), TOKEN, "");
+    let gateway = single_route("/up", upstream.base_url(), TOKEN, "");
     let mut mcp = McpClient {
         http: client(),
         url: format!("{}/up/mcp", gateway.url()),
@@ -299,7 +299,7 @@ async fn a_streamable_http_session_runs_end_to_end() {
 #[tokio::test(flavor = "multi_thread")]
 async fn post_sse_responses_stream_event_by_event() {
     let upstream = mock(MockOptions::default()).await;
-    let gateway = single_route("/up", &upstream.base_url(), TOKEN, "");
+    let gateway = single_route("/up", upstream.base_url(), TOKEN, "");
     let mut mcp = McpClient {
         http: client(),
         url: format!("{}/up/mcp", gateway.url()),
@@ -348,7 +348,7 @@ async fn post_sse_responses_stream_event_by_event() {
 #[tokio::test(flavor = "multi_thread")]
 async fn event_stream_gets_arrive_one_by_one() {
     let upstream = mock(MockOptions::default()).await;
-    let gateway = single_route("/up", &upstream.base_url(), TOKEN, "");
+    let gateway = single_route("/up", upstream.base_url(), TOKEN, "");
     let response = client()
         .get(format!("{}/up/events?n=4&interval_ms=300", gateway.url()))
         .header("accept", "text/event-stream")
@@ -462,7 +462,7 @@ async fn legacy_sse_endpoint_outside_the_base_path_still_routes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_streams_get_keepalive_comments() {
     let upstream = mock(MockOptions::default()).await;
-    let gateway = single_route("/up", &upstream.base_url(), TOKEN, "sse_keepalive_secs = 1");
+    let gateway = single_route("/up", upstream.base_url(), TOKEN, "sse_keepalive_secs = 1");
     let response = client()
         .get(format!("{}/up/silent", gateway.url()))
         .header("accept", "text/event-stream")
@@ -482,7 +482,7 @@ async fn idle_streams_get_keepalive_comments() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_leaves_closes_the_upstream_stream() {
     let upstream = mock(MockOptions::default()).await;
-    let gateway = single_route("/up", &upstream.base_url(), TOKEN, "");
+    let gateway = single_route("/up", upstream.base_url(), TOKEN, "");
     let response = client()
         .get(format!("{}/up/silent", gateway.url()))
         .header("accept", "text/event-stream")
@@ -632,7 +632,7 @@ async fn api_keys_guard_routes_and_never_reach_the_upstream() {
     let hash = format!("{:x}", sha2::Sha256::digest(b"client-key-1"));
     let gateway = single_route(
         "/up",
-        &upstream.base_url(),
+        upstream.base_url(),
         TOKEN,
         &format!("api_keys = [\"sha256:{hash}\"]"),
     );
@@ -668,7 +668,7 @@ async fn api_keys_guard_routes_and_never_reach_the_upstream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn control_paths_win_over_a_root_route() {
     let upstream = mock(MockOptions::default()).await;
-    let gateway = single_route("/", &upstream.base_url(), TOKEN, "");
+    let gateway = single_route("/", upstream.base_url(), TOKEN, "");
     let ready: Value = client()
         .get(format!("{}/readyz", gateway.url()))
         .send()
@@ -720,7 +720,7 @@ async fn control_paths_win_over_a_root_route() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_proxied_requests() {
     let upstream = mock(MockOptions::default()).await;
-    let gateway = single_route("/up", &upstream.base_url(), TOKEN, "");
+    let gateway = single_route("/up", upstream.base_url(), TOKEN, "");
     for _ in 0..3 {
         client()
             .post(format!("{}/up/x", gateway.url()))

@@ -203,8 +203,7 @@ pub(crate) async fn upstream_error_reply(
         format!("route '{route}': the upstream failed: {}", failure.cause),
     );
     body["route"] = route.into();
-    match reply::json(session, failure.status, &body).await {
-        Ok(status) => status,
-        Err(_) => 0,
-    }
+    reply::json(session, failure.status, &body)
+        .await
+        .unwrap_or_default()
 }
