@@ -3,7 +3,7 @@
 //!
 //! Exit codes: 0 success, 1 an error (the message says what to fix), 2 a usage error.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -56,8 +56,8 @@ impl Cli {
 fn serve(args: ConfigArg) -> anyhow::Result<()> {
     init_logging();
     let config = Config::load(args.config.as_deref())?;
-    let gateway = Gateway::bind(config.clone())?;
-    print_banner(&config, gateway.local_addr());
+    let gateway = Gateway::bind(config)?;
+    print_banner(gateway.config(), gateway.local_addr());
     gateway.run();
     Ok(())
 }
@@ -91,6 +91,8 @@ fn check(args: ConfigArg) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints where the gateway listens and each route's endpoints. Write errors are ignored: a
+/// closed stdout must not stop a gateway.
 fn print_banner(config: &Config, addr: std::net::SocketAddr) {
     if config.server.databricks {
         tracing::info!("Databricks Apps environment: the platform authenticates callers");
@@ -102,14 +104,17 @@ fn print_banner(config: &Config, addr: std::net::SocketAddr) {
     } else {
         "http"
     };
-    println!(
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         "mcp-u2m-gateway {} listening on {scheme}://{addr}",
         env!("CARGO_PKG_VERSION")
     );
     let base = config.server.public_url.as_str().trim_end_matches('/');
     for route in &config.routes {
         let prefix = route.prefix.trim_end_matches('/');
-        println!(
+        let _ = writeln!(
+            out,
             "  route {:<12} {base}{prefix}/mcp  (legacy SSE: {base}{prefix}/sse)  -> {}",
             route.name, route.upstream
         );

@@ -125,9 +125,13 @@ pub struct Gateway {
 
 impl Gateway {
     /// Builds the route table and binds the listening socket.
-    pub fn bind(config: Config) -> Result<Self, StartError> {
-        let shared = Arc::new(build_shared(&config)?);
+    pub fn bind(mut config: Config) -> Result<Self, StartError> {
         let (listener, addr) = bind(config.server.listen)?;
+        // A public URL derived from port 0 learns the port the system chose.
+        if config.server.public_url.port() == Some(0) {
+            let _ = config.server.public_url.set_port(Some(addr.port()));
+        }
+        let shared = Arc::new(build_shared(&config)?);
         Ok(Self {
             config,
             shared,
@@ -139,6 +143,11 @@ impl Gateway {
     /// The address the gateway listens on (with the real port when port 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The configuration in force, with the real port filled in.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Serves until SIGTERM or SIGINT, then drains requests in flight for up to ten seconds.

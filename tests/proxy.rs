@@ -191,6 +191,21 @@ async fn client_credentials_never_reach_the_upstream_and_the_route_token_does() 
     }
     assert_eq!(headers["host"], upstream.addr().to_string());
     assert_eq!(echo["body_len"], 2);
+
+    // A client that asks for a stream gets it uncompressed, whatever it said it accepts.
+    let echo: Value = client()
+        .get(format!("{}/up/anything", gateway.url()))
+        .header("accept", "text/event-stream")
+        .header("accept-encoding", "gzip, br")
+        .header("authorization", "Bearer client-secret")
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(echo["headers"]["accept-encoding"], "identity");
+    assert_eq!(echo["headers"]["authorization"], format!("Bearer {TOKEN}"));
 }
 
 /// A minimal Streamable HTTP client: POSTs JSON-RPC and reads a JSON or SSE answer.
@@ -261,6 +276,26 @@ async fn a_streamable_http_session_runs_end_to_end() {
         .post(json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
         .await;
     assert_eq!(status, 202);
+
+    // The upstream's refusals pass unchanged: no session id is 400, a GET without an event
+    // stream in Accept is 405.
+    let mut anonymous = McpClient {
+        http: client(),
+        url: mcp.url.clone(),
+        session: None,
+    };
+    let (status, _) = anonymous
+        .post(json!({"jsonrpc":"2.0","id":9,"method":"tools/list"}))
+        .await;
+    assert_eq!(status, 400);
+    let get = client()
+        .get(&mcp.url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(get.status(), 405);
+
     let (_, list) = mcp
         .post(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))
         .await;

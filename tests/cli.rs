@@ -1,0 +1,290 @@
+//! The command line as a process: `check` on good and broken configurations, the
+//! single-upstream environment, refusals at start-up, and a graceful stop on SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::json;
+use support::mock_upstream::{MockOptions, MockUpstream};
+
+fn gateway() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mcp-u2m-gateway"));
+    command
+        .env_remove("MCP_GATEWAY_CONFIG")
+        .env_remove("UPSTREAM_MCP_URL")
+        .env_remove("DATABRICKS_APP_PORT")
+        .env_remove("PORT")
+        .env_remove("OAUTH_CALLBACK_PORT")
+        .env("RUST_LOG", "info");
+    command
+}
+
+fn check(dir: &Path, toml: &str) -> Output {
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, toml).expect("write config");
+    gateway()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run check")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn check_prints_the_routes_of_the_shipped_config() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
+    let output = gateway()
+        .arg("check")
+        .arg("--config")
+        .arg(shipped)
+        .output()
+        .expect("run");
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(stdout.contains("/atlassian"), "{stdout}");
+    assert!(stdout.contains("https://mcp.atlassian.com/v1"), "{stdout}");
+    assert!(stdout.contains("127.0.0.1:8000"), "{stdout}");
+}
+
+#[test]
+fn check_names_the_key_path_and_line_of_an_unknown_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = check(
+        dir.path(),
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\nauth = { kind = \"none\", tokn_env = \"X\" }\n",
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("tokn_env"), "{stderr}");
+    assert!(stderr.contains("gateway.toml:8:"), "{stderr}");
+}
+
+#[test]
+fn check_reports_every_broken_rule_with_its_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = check(
+        dir.path(),
+        r#"
+[[routes]]
+name = "jira"
+prefix = "/admin"
+upstream = "ftp://example.com"
+auth = { kind = "none" }
+
+[[routes]]
+name = "jira"
+prefix = "/a//b"
+upstream = "http://example.com"
+auth = { kind = "none" }
+"#,
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    for needle in [
+        "routes[0].prefix",
+        "/admin",
+        "routes[0].upstream",
+        "routes[1].name",
+        "routes[1].prefix",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle}: {stderr}");
+    }
+}
+
+#[test]
+fn check_without_any_configuration_says_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = gateway()
+        .arg("check")
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("UPSTREAM_MCP_URL"), "{stderr}");
+    assert!(stderr.contains("gateway.toml"), "{stderr}");
+}
+
+#[test]
+fn upstream_mcp_url_alone_makes_a_single_route_app() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = gateway()
+        .arg("check")
+        .current_dir(dir.path())
+        .env("UPSTREAM_MCP_URL", "https://mcp.atlassian.com/v1")
+        .env("PORT", "9123")
+        .output()
+        .expect("run");
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(stdout.contains("127.0.0.1:9123"), "{stdout}");
+    assert!(stdout.contains("route 'default'"), "{stdout}");
+    assert!(stdout.contains("https://mcp.atlassian.com/v1"), "{stdout}");
+
+    let databricks = gateway()
+        .arg("check")
+        .current_dir(dir.path())
+        .env("UPSTREAM_MCP_URL", "https://mcp.atlassian.com/v1")
+        .env("DATABRICKS_APP_PORT", "8080")
+        .env("PORT", "9123")
+        .output()
+        .expect("run");
+    assert!(
+        text(&databricks.stdout).contains("0.0.0.0:8080"),
+        "{}",
+        text(&databricks.stdout)
+    );
+}
+
+#[test]
+fn binding_beyond_loopback_without_a_way_to_know_callers_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"0.0.0.0:0\"\n[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\n",
+    )
+    .expect("write");
+    let output = gateway()
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("api_keys"), "{stderr}");
+    assert!(stderr.contains("allow_anonymous"), "{stderr}");
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    let output = gateway().arg("frobnicate").output().expect("run");
+    assert_eq!(output.status.code(), Some(2));
+}
+
+/// A `serve` process, killed if the test fails before it exits.
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `serve` and waits for its "listening on" line; returns the process and base URL.
+fn serve(config: &Path) -> (Serving, String) {
+    let mut child = gateway()
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("serve printed its address")
+            .expect("line");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.trim().to_owned();
+        }
+    };
+    // Keep reading, as a terminal would, so the gateway's later output has somewhere to go.
+    std::thread::spawn(move || lines.for_each(drop));
+    (Serving(child), url)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_request_in_flight_finish_then_exits() {
+    let upstream = MockUpstream::start(MockOptions {
+        token: "t".into(),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), "t").expect("token");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nname = \"up\"\nprefix = \"/up\"\nupstream = \"{}\"\nauth = {{ kind = \"bearer\", token_file = \"token\" }}\n",
+            upstream.base_url()
+        ),
+    )
+    .expect("config");
+    let (mut serving, url) = serve(&config);
+    let client = reqwest::Client::new();
+    let health = client
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+
+    // Open a session and start a tool call that takes about a second.
+    let init = client
+        .post(format!("{url}/up/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+            "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}))
+        .send()
+        .await
+        .expect("initialize");
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let call = client
+        .post(format!("{url}/up/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", session)
+        .json(&json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{
+            "name":"slow_stream","arguments":{"steps":5,"interval_ms":200},"_meta":{"progressToken":"p"}}}))
+        .send()
+        .await
+        .expect("call");
+    let mut body = call.bytes_stream();
+    let first = body.next().await.expect("first event").expect("bytes");
+    assert!(String::from_utf8_lossy(&first).contains("progress"));
+
+    let pid = serving.0.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let mut rest = String::new();
+    while let Some(chunk) = body.next().await {
+        rest.push_str(&String::from_utf8_lossy(
+            &chunk.expect("the stream finishes cleanly"),
+        ));
+    }
+    assert!(rest.contains("done after 5 steps"), "{rest}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = serving.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
