@@ -56,6 +56,20 @@ fn check_prints_the_routes_of_the_shipped_config() {
 }
 
 #[test]
+fn the_mock_example_config_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mock.toml");
+    let output = gateway()
+        .arg("check")
+        .arg("--config")
+        .arg(example)
+        .env("MOCK_UPSTREAM_TOKEN", "dev-token")
+        .output()
+        .expect("run");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("http://127.0.0.1:9000/"));
+}
+
+#[test]
 fn check_names_the_key_path_and_line_of_an_unknown_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let output = check(
