@@ -30,12 +30,15 @@
 # and pid file under a temp dir, and the system nginx service is never touched. Every
 # process the script starts is stopped on exit, failure or Ctrl-C.
 #
-# The "new conns" column counts TCP connections opened on the machine during the measured
-# run (ActiveOpens in /proc/net/snmp): with keepalive working on both sides it stays near
-# CONNECTIONS for direct and near twice that through a proxy.
+# Two more columns help read the numbers. "cpu us/req" is the CPU time the proxy's
+# processes (all gateway threads; all nginx workers) spent per request. "up conns" is how
+# many connections the fixed upstream accepted during the measured run: with keepalive
+# holding it is about CONNECTIONS for direct (wrk's own) and near 0 through a proxy that
+# kept its connections from the warm-up; the mock upstream cannot report it ("-").
 #
 # On a 2-core machine the default of one worker for each proxy leaves the other core to
-# wrk and the upstream; the absolute numbers are only comparable within one run.
+# wrk and the upstream. Anything else running on the machine skews the numbers, so the
+# script prints the load average first; compare numbers only within one run.
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -196,7 +199,7 @@ render_nginx() {
     done
     mkdir -p "$prefix"
     sed "${script[@]}" "$benches/$template" >"$prefix/nginx.conf"
-    if grep -q '@[A-Z_]*@' "$prefix/nginx.conf"; then
+    if grep -v '^ *#' "$prefix/nginx.conf" | grep -q '@[A-Z_]\+@'; then
         die "unfilled placeholder in $prefix/nginx.conf"
     fi
 }
@@ -371,9 +374,23 @@ check_mock() {
 
 # --- Measuring ---
 
-tcp_active_opens() {
-    awk '$1 == "Tcp:" { if (!col) { for (i = 2; i <= NF; i++) if ($i == "ActiveOpens") col = i }
-        else print $col }' /proc/net/snmp 2>/dev/null || echo 0
+# Connections the fixed upstream has accepted so far, from nginx's stub_status.
+upstream_accepts() {
+    curl -sf "http://127.0.0.1:$upstream_port/nginx-status" | awk 'NR == 3 { print $1 }'
+}
+
+# CPU clock ticks used by a process and its children (nginx's workers) so far.
+cpu_ticks() {
+    cat /proc/[0-9]*/stat 2>/dev/null |
+        awk -v pid="$1" '$1 == pid || $4 == pid { ticks += $14 + $15 } END { print ticks + 0 }'
+}
+
+proxy_pid() {
+    case $1 in
+        direct) echo "" ;;
+        gateway) echo "$gateway_pid" ;;
+        nginx) echo "$nginx_pid" ;;
+    esac
 }
 
 # Runs wrk; the output lands in `out`. Fails on any non-2xx response or socket error.
@@ -390,7 +407,7 @@ run_wrk() {
     fi
 }
 
-# Prints "req/s p50_ms p99_ms" from wrk's --latency output.
+# Prints "req/s p50_ms p99_ms requests" from wrk's --latency output.
 parse_wrk() {
     awk '
         function ms(text,  unit) {
@@ -405,26 +422,41 @@ parse_wrk() {
         $1 == "50%" { p50 = ms($2) }
         $1 == "99%" { p99 = ms($2) }
         $1 == "Requests/sec:" { rps = $2 }
+        $2 == "requests" && $3 == "in" { requests = $1 }
         END {
-            if (rps == "" || p50 == "" || p99 == "") exit 1
-            printf "%.0f %.3f %.3f\n", rps, p50, p99
+            if (rps == "" || p50 == "" || p99 == "" || requests == "") exit 1
+            printf "%.0f %.3f %.3f %d\n", rps, p50, p99, requests
         }' "$1"
 }
 
 measure() {
-    local upstream=$1 path=$2 key="$1/$2" out=$workdir/wrk-$1-$2.txt before after
+    local upstream=$1 path=$2 key="$1/$2" out=$workdir/wrk-$1-$2.txt
+    local pid accepts_before="" ticks_before=0
+    pid=$(proxy_pid "$path")
     say "$upstream upstream, $path: warm-up $WARMUP, then $DURATION"
     run_wrk "$path" "$WARMUP" "$workdir/wrk-$upstream-$path-warmup.txt"
-    before=$(tcp_active_opens)
+
+    [[ $upstream != fixed ]] || accepts_before=$(upstream_accepts)
+    [[ -z $pid ]] || ticks_before=$(cpu_ticks "$pid")
     run_wrk "$path" "$DURATION" "$out"
-    after=$(tcp_active_opens)
-    local numbers
+    local numbers requests
     numbers=$(parse_wrk "$out") || die "cannot read wrk's output in $out"
-    read -r "rps[$key]" "p50[$key]" "p99[$key]" <<<"$numbers"
-    local opened=$((after - before))
-    conns[$key]=$opened
-    if ((opened > 4 * CONNECTIONS)); then
-        say "warning: $key opened $opened TCP connections: keepalive is not holding"
+    read -r "rps[$key]" "p50[$key]" "p99[$key]" requests <<<"$numbers"
+
+    cpu[$key]=-
+    if [[ -n $pid ]]; then
+        cpu[$key]=$(awk -v t="$(($(cpu_ticks "$pid") - ticks_before))" -v hz="$clock_hz" \
+            -v n="$requests" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+    fi
+    conns[$key]=-
+    if [[ -n $accepts_before ]]; then
+        # Less one: the connection that asked for the second count.
+        local accepted=$(($(upstream_accepts) - accepts_before - 1))
+        conns[$key]=$accepted
+        # wrk opens CONNECTIONS of its own in the direct run; a proxy should open none.
+        if ((accepted > 2 * CONNECTIONS)); then
+            say "warning: $key: the upstream accepted $accepted connections: keepalive is not holding"
+        fi
     fi
 }
 
@@ -445,14 +477,17 @@ report() {
     local upstream path key
     echo
     echo "cores $(nproc), proxy threads $THREADS, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION," \
-        "fixed upstream workers $UPSTREAM_WORKERS"
+        "fixed upstream workers $UPSTREAM_WORKERS, load average before: $load_before"
     echo
-    printf '%-9s %-9s %10s %9s %9s %10s\n' scenario upstream req/s "p50 ms" "p99 ms" "new conns"
+    local format='%-9s %-9s %9s %9s %9s %11s %9s\n'
+    # shellcheck disable=SC2059 # the format is the constant above
+    printf "$format" scenario upstream req/s "p50 ms" "p99 ms" "cpu us/req" "up conns"
     for upstream in fixed mock; do
         for path in direct gateway nginx; do
             key=$upstream/$path
-            printf '%-9s %-9s %10s %9s %9s %10s\n' "$path" "$upstream" "${rps[$key]}" \
-                "${p50[$key]}" "${p99[$key]}" "${conns[$key]}"
+            # shellcheck disable=SC2059
+            printf "$format" "$path" "$upstream" "${rps[$key]}" "${p50[$key]}" \
+                "${p99[$key]}" "${cpu[$key]}" "${conns[$key]}"
         done
     done
     echo
@@ -480,7 +515,11 @@ main() {
     token=bench-$(python3 -c 'import secrets; print(secrets.token_hex(16))')
     (umask 077 && printf '%s\n' "$token" >"$workdir/token")
 
-    declare -gA sessions=() rps=() p50=() p99=() conns=()
+    clock_hz=$(getconf CLK_TCK)
+    load_before=$(cut -d ' ' -f 1-3 /proc/loadavg)
+    say "load average $load_before on $(nproc) cores; other work on the machine skews results"
+
+    declare -gA sessions=() rps=() p50=() p99=() cpu=() conns=()
     bench_upstream fixed
     bench_upstream mock
     report

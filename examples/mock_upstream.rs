@@ -6,8 +6,10 @@
 //! cargo run --example mock_upstream -- --port 9000 --token dev-token --base-path /v1
 //! ```
 //!
-//! It listens on 127.0.0.1 only, prints the URLs it serves and the bearer token a gateway
-//! route must send, and runs until Ctrl-C.
+//! It listens on 127.0.0.1 only and runs until Ctrl-C. It prints the URLs it serves: the MCP
+//! endpoints, and the OAuth 2.1 authorization server on the same origin that a gateway route
+//! with `kind = "oauth"` signs in through (the sign-in is approved without a page). A route with
+//! `kind = "bearer"` can send the static token instead.
 
 #[allow(dead_code)]
 #[path = "../tests/support/mock_upstream.rs"]
@@ -21,11 +23,15 @@ use mock_upstream::{MockOptions, MockUpstream};
 const USAGE: &str = "\
 Usage: cargo run --example mock_upstream -- [OPTIONS]
 
-A mock MCP server (Streamable HTTP and legacy SSE) that demands a bearer token.
+A mock MCP server (Streamable HTTP and legacy SSE) that demands a bearer token:
+either the static --token, or an access token from its own OAuth 2.1
+authorization server on the same origin (metadata discovery, dynamic client
+registration, authorization code with PKCE S256, rotating refresh tokens;
+every sign-in is approved at once, without a page).
 
 Options:
   --port N           port on 127.0.0.1 [default: 9000; 0 picks a free one]
-  --token T          bearer token clients must send [default: dev-token]
+  --token T          static bearer token, always accepted [default: dev-token]
   --base-path PATH   prefix of every route, such as /v1 [default: none]
   --help             print this help";
 
@@ -99,12 +105,30 @@ fn value_of(flag: &str, raw: &mut impl Iterator<Item = String>) -> Result<String
 
 fn print_banner(mock: &MockUpstream, token: &str) {
     let base = mock.base_url();
-    println!("mock MCP upstream listening on http://{}", mock.addr());
+    let origin = format!("http://{}", mock.addr());
+    let base_path = base.strip_prefix(&origin).unwrap_or_default();
+    println!("mock MCP upstream listening on {origin}");
     println!("  Streamable HTTP:  {base}/mcp");
     println!("  legacy SSE:       {base}/sse");
-    println!("  bearer token:     {token}");
+    println!("  static token:     {token}  (always accepted, besides issued tokens)");
     println!();
-    println!("A gateway route for it (export MOCK_UPSTREAM_TOKEN={token} first):");
+    println!("OAuth 2.1 authorization server (sign-ins approved at once):");
+    println!("  resource metadata: {origin}/.well-known/oauth-protected-resource{base_path}/mcp");
+    println!("  server metadata:   {origin}/.well-known/oauth-authorization-server");
+    println!("  authorize:         {origin}/authorize");
+    println!("  token:             {origin}/token");
+    println!("  registration:      {origin}/register");
+    println!();
+    println!("A gateway route signing in through it:");
+    println!();
+    println!("  [[routes]]");
+    println!("  name = \"mock-oauth\"");
+    println!("  prefix = \"/mock-oauth\"");
+    println!("  upstream = \"{base}\"");
+    println!("  [routes.auth]");
+    println!("  kind = \"oauth\"");
+    println!();
+    println!("A gateway route using the static token (export MOCK_UPSTREAM_TOKEN={token} first):");
     println!();
     println!("  [[routes]]");
     println!("  name = \"mock\"");

@@ -13,6 +13,7 @@
 mod api_key;
 mod env;
 mod location;
+mod oauth;
 mod raw;
 mod routes;
 mod validate;
@@ -106,6 +107,9 @@ pub(crate) struct RouteConfig {
     /// `/` or `/segment[/segment…]` without a trailing slash.
     pub(crate) prefix: String,
     pub(crate) upstream: url::Url,
+    /// The upstream URL exactly as written: the token store's slot names hash it, as the
+    /// Python proxy did, so its sign-ins keep working.
+    pub(crate) upstream_text: String,
     /// Extra trust anchors for the upstream's TLS certificate.
     pub(crate) ca_file: Option<PathBuf>,
     pub(crate) auth: RouteAuth,
@@ -116,8 +120,8 @@ pub(crate) struct RouteConfig {
 /// How the gateway authenticates to a route's upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RouteAuth {
-    /// The user signs in through the gateway's UI; the gateway keeps the tokens fresh.
-    OAuth,
+    /// A person signs in through the gateway; the gateway keeps the tokens fresh.
+    OAuth(Box<OAuthSettings>),
     /// A fixed token, read from outside the config file.
     Bearer(BearerSource),
     /// The upstream needs no credentials.
@@ -128,9 +132,84 @@ impl RouteAuth {
     /// The `kind` value that selects this variant in `[routes.auth]`.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
-            RouteAuth::OAuth => "oauth",
+            RouteAuth::OAuth(_) => "oauth",
             RouteAuth::Bearer(_) => "bearer",
             RouteAuth::None => "none",
+        }
+    }
+}
+
+/// A route's OAuth settings; every field overrides or steers discovery and registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OAuthSettings {
+    /// A client registered with the authorization server beforehand; otherwise the gateway
+    /// registers itself dynamically.
+    pub(crate) client: Option<PreregisteredClient>,
+    pub(crate) scopes: Option<Vec<String>>,
+    /// The RFC 8707 resource to ask tokens for; discovered when absent.
+    pub(crate) resource: Option<String>,
+    /// Send `resource` at all (some identity providers reject it).
+    pub(crate) send_resource: bool,
+    pub(crate) authorization_endpoint: Option<url::Url>,
+    pub(crate) token_endpoint: Option<url::Url>,
+    pub(crate) registration_endpoint: Option<url::Url>,
+    /// Accept authorization-server metadata whose issuer differs from where it was fetched.
+    pub(crate) allow_issuer_mismatch: bool,
+    /// Accept an authorization server that does not advertise PKCE S256.
+    pub(crate) allow_plain_pkce: bool,
+    /// Extra parameters for the authorization request (`prompt`, `access_type`, …).
+    pub(crate) authorize_params: Vec<(String, String)>,
+}
+
+impl Default for OAuthSettings {
+    fn default() -> Self {
+        Self {
+            client: None,
+            scopes: None,
+            resource: None,
+            send_resource: true,
+            authorization_endpoint: None,
+            token_endpoint: None,
+            registration_endpoint: None,
+            allow_issuer_mismatch: false,
+            allow_plain_pkce: false,
+            authorize_params: Vec::new(),
+        }
+    }
+}
+
+/// A client id (and secret) the operator registered with the authorization server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PreregisteredClient {
+    pub(crate) client_id: String,
+    /// Where the secret is read from; `None` for a public client.
+    pub(crate) secret: Option<BearerSource>,
+    pub(crate) auth_method: ClientAuthMethod,
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientAuthMethod {
+    None,
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+impl ClientAuthMethod {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ClientAuthMethod::None => "none",
+            ClientAuthMethod::ClientSecretBasic => "client_secret_basic",
+            ClientAuthMethod::ClientSecretPost => "client_secret_post",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        match text {
+            "none" => Some(ClientAuthMethod::None),
+            "client_secret_basic" => Some(ClientAuthMethod::ClientSecretBasic),
+            "client_secret_post" => Some(ClientAuthMethod::ClientSecretPost),
+            _ => None,
         }
     }
 }
@@ -305,6 +384,20 @@ pub(crate) enum FieldErrorKind {
 
     #[error("{key} only applies to kind = \"bearer\"")]
     TokenSourceWithoutBearer { key: &'static str },
+
+    #[error("{key} only applies to kind = \"oauth\"")]
+    OAuthKeyWithoutOAuth { key: &'static str },
+
+    #[error("`{value}` is not one of none, client_secret_basic, client_secret_post")]
+    UnknownClientAuthMethod { value: String },
+
+    #[error(
+        "client_secret_env and client_secret_file need a client_id, and only one of them may be set"
+    )]
+    ClientSecretSource,
+
+    #[error("{method} needs client_secret_env or client_secret_file")]
+    ClientSecretMissing { method: &'static str },
 
     /// Only the variable's name is shown, never a value.
     #[error("environment variable {var} is not set or is empty")]

@@ -7,6 +7,7 @@
 //! then adopts the sockets through its listen-fd table, the same table its graceful upgrade
 //! hands between processes.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -25,11 +26,14 @@ use url::Url;
 
 use crate::config::{BearerSource, Config, RouteAuth, RouteConfig};
 use crate::metrics::Metrics;
+use crate::oauth::OAuthRoute;
+use crate::oauth::flow::PendingFlows;
 use crate::proxy::GatewayProxy;
 use crate::proxy::inbound::Inbound;
 use crate::proxy::upstream::{Timeouts, Upstream};
 use crate::route::{Route, RouteTable};
-use crate::token::{NoToken, OAuthPending, StaticToken, TokenError, TokenSource};
+use crate::store::{FileStore, TokenStore};
+use crate::token::{NoToken, StaticToken, TokenError, TokenSource};
 
 /// How long a terminating gateway waits for requests in flight before it closes them.
 const DRAIN_BOUND: Duration = Duration::from_secs(10);
@@ -58,6 +62,12 @@ pub enum StartError {
     },
     #[error("route '{route}': header {name} has an invalid value")]
     Header { route: String, name: String },
+    #[error("cannot open the token store")]
+    Store(#[source] crate::store::StoreError),
+    #[error("cannot build the HTTP client for OAuth requests")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("cannot start a runtime to load stored tokens")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// Everything requests share: routes, settings, the upstream connector and counters.
@@ -67,10 +77,13 @@ pub(crate) struct Shared {
     pub(crate) inbound: Inbound,
     pub(crate) keepalive: Option<Duration>,
     pub(crate) connector: ConnectorDebug,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) inflight: Inflight,
     pub(crate) public_url: Url,
     pub(crate) draining: AtomicBool,
+    /// The OAuth routes by name, for the sign-in pages and the refreshers.
+    pub(crate) oauth: HashMap<String, Arc<OAuthRoute>>,
+    pub(crate) flows: PendingFlows,
 }
 
 /// Pingora's connector, which has no `Debug` of its own.
@@ -207,6 +220,13 @@ impl Gateway {
             inner: service,
             sockets: vec![(addr, self.listener)],
         });
+        if !self.shared.oauth.is_empty() {
+            let refreshers = Refreshers(self.shared.oauth.values().cloned().collect());
+            server.add_service(pingora::services::background::background_service(
+                "token refreshers",
+                refreshers,
+            ));
+        }
         server
     }
 }
@@ -248,39 +268,134 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
         connect: config.server.connect_timeout,
         read: config.server.read_timeout,
     };
+    let metrics = Arc::new(Metrics::new());
+    let oauth = build_oauth_routes(config, &metrics)?;
     let routes = config
         .routes
         .iter()
-        .map(|route| build_route(route, timeouts).map(Arc::new))
+        .map(|route| build_route(route, timeouts, oauth.get(&route.name)).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Shared {
         routes: RouteTable::new(routes),
         inbound: Inbound::new(config.server.api_keys.clone()),
         keepalive: config.server.sse_keepalive,
         connector: ConnectorDebug(Connector::new(None)),
-        metrics: Metrics::new(),
+        metrics,
         inflight: Inflight::default(),
         public_url: config.server.public_url.clone(),
         draining: AtomicBool::new(false),
+        oauth,
+        flows: PendingFlows::default(),
     })
 }
 
-fn build_route(config: &RouteConfig, timeouts: Timeouts) -> Result<Route, StartError> {
+/// One [`OAuthRoute`] per route with `auth.kind = "oauth"`, with its stored tokens loaded.
+fn build_oauth_routes(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<HashMap<String, Arc<OAuthRoute>>, StartError> {
+    let oauth_configs: Vec<_> = config
+        .routes
+        .iter()
+        .filter_map(|route| match &route.auth {
+            RouteAuth::OAuth(settings) => Some((route, settings)),
+            _ => None,
+        })
+        .collect();
+    if oauth_configs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let store = FileStore::new(config.store.dir.clone()).map_err(StartError::Store)?;
+    tracing::info!(dir = %store.dir().display(), "token store");
+    let store: Arc<dyn TokenStore> = Arc::new(store);
+    let mut routes = HashMap::new();
+    for (route, settings) in oauth_configs {
+        let http = oauth_http_client(route)?;
+        let oauth = OAuthRoute::new(
+            route,
+            (**settings).clone(),
+            Arc::clone(&store),
+            http,
+            Arc::clone(metrics),
+            &config.server.public_url,
+        );
+        routes.insert(route.name.clone(), Arc::new(oauth));
+    }
+    load_stored_tokens(routes.values())?;
+    Ok(routes)
+}
+
+/// The client for discovery, registration and token requests of one route: it trusts the
+/// route's CA file too, and follows no redirects (a token request must not be bounced).
+fn oauth_http_client(route: &RouteConfig) -> Result<reqwest::Client, StartError> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("mcp-u2m-gateway/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &route.ca_file {
+        let ca_error = |source| StartError::CaFile {
+            route: route.name.clone(),
+            path: path.clone(),
+            source,
+        };
+        let pem = std::fs::read(path).map_err(ca_error)?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            ca_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                e.to_string(),
+            ))
+        })?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(StartError::HttpClient)
+}
+
+/// Reads every route's stored tokens before the first request can ask for them. It runs on
+/// a thread of its own, so binding works from inside an async runtime too (tests do).
+fn load_stored_tokens<'a>(
+    routes: impl Iterator<Item = &'a Arc<OAuthRoute>> + Send,
+) -> Result<(), StartError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(StartError::Runtime)?;
+                runtime.block_on(async {
+                    for route in routes {
+                        route.load().await;
+                    }
+                });
+                Ok(())
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn build_route(
+    config: &RouteConfig,
+    timeouts: Timeouts,
+    oauth: Option<&Arc<OAuthRoute>>,
+) -> Result<Route, StartError> {
     let token_error = |source| StartError::Token {
         route: config.name.clone(),
         source,
     };
-    let tokens: Arc<dyn TokenSource> = match &config.auth {
-        RouteAuth::OAuth => Arc::new(OAuthPending {
-            route: config.name.clone(),
-        }),
-        RouteAuth::Bearer(BearerSource::Env(name)) => {
+    let tokens: Arc<dyn TokenSource> = match (&config.auth, oauth) {
+        (RouteAuth::OAuth(_), Some(route)) => Arc::clone(route) as Arc<dyn TokenSource>,
+        (RouteAuth::OAuth(_), None) => unreachable!("every OAuth route has an OAuthRoute"),
+        (RouteAuth::Bearer(BearerSource::Env(name)), _) => {
             Arc::new(StaticToken::from_env(name).map_err(token_error)?)
         }
-        RouteAuth::Bearer(BearerSource::File(path)) => {
+        (RouteAuth::Bearer(BearerSource::File(path)), _) => {
             Arc::new(StaticToken::from_file(path).map_err(token_error)?)
         }
-        RouteAuth::None => Arc::new(NoToken),
+        (RouteAuth::None, _) => Arc::new(NoToken),
     };
     let ca =
         match &config.ca_file {
@@ -327,6 +442,24 @@ fn bind(addr: SocketAddr) -> Result<(OwnedFd, SocketAddr), StartError> {
     let listener: TcpListener = socket.into();
     let local = listener.local_addr().map_err(error)?;
     Ok((OwnedFd::from(listener), local))
+}
+
+/// One refresher task per OAuth route, for as long as the gateway runs.
+struct Refreshers(Vec<Arc<OAuthRoute>>);
+
+#[async_trait]
+impl pingora::services::background::BackgroundService for Refreshers {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let tasks: Vec<_> = self
+            .0
+            .iter()
+            .map(|route| tokio::spawn(crate::oauth::refresher::run(Arc::clone(route))))
+            .collect();
+        let _ = shutdown.changed().await;
+        for task in tasks {
+            task.abort();
+        }
+    }
 }
 
 /// Hands pre-bound sockets to a pingora service through the listen-fd table.

@@ -18,8 +18,11 @@ pub mod config;
 mod control;
 mod gateway;
 mod metrics;
+mod oauth;
 mod proxy;
 mod route;
+mod secret;
+mod store;
 mod token;
 
 pub use config::{Config, ConfigError};

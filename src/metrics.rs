@@ -15,6 +15,8 @@ pub(crate) struct Metrics {
     duration: HistogramVec,
     open_streams: IntGaugeVec,
     upstream_errors: IntCounterVec,
+    sign_ins: IntCounterVec,
+    refreshes: IntCounterVec,
 }
 
 impl Metrics {
@@ -56,11 +58,29 @@ impl Metrics {
             &["route", "kind"],
         )
         .expect("static metric definition");
+        let sign_ins = IntCounterVec::new(
+            Opts::new(
+                "sign_ins_total",
+                "Sign-ins by route and outcome (started, completed, failed)",
+            ),
+            &["route", "outcome"],
+        )
+        .expect("static metric definition");
+        let refreshes = IntCounterVec::new(
+            Opts::new(
+                "token_refreshes_total",
+                "Token refreshes by route and outcome",
+            ),
+            &["route", "outcome"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(open_streams.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(sign_ins.clone()),
+            Box::new(refreshes.clone()),
         ] {
             registry
                 .register(collector)
@@ -72,7 +92,19 @@ impl Metrics {
             duration,
             open_streams,
             upstream_errors,
+            sign_ins,
+            refreshes,
         }
+    }
+
+    /// Counts a sign-in step: `started`, `completed` or `failed`.
+    pub(crate) fn sign_in(&self, route: &str, outcome: &str) {
+        self.sign_ins.with_label_values(&[route, outcome]).inc();
+    }
+
+    /// Counts a token refresh: `ok`, `invalid_grant` or `error`.
+    pub(crate) fn refresh(&self, route: &str, outcome: &str) {
+        self.refreshes.with_label_values(&[route, outcome]).inc();
     }
 
     /// Records one finished request to a route.

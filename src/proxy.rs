@@ -9,6 +9,7 @@
 
 pub(crate) mod headers;
 pub(crate) mod inbound;
+pub(crate) mod jsonrpc;
 pub(crate) mod reply;
 pub(crate) mod sse;
 pub(crate) mod stream;
@@ -231,12 +232,22 @@ impl GatewayProxy {
         error: &TokenError,
     ) -> pingora::Result<u16> {
         tracing::debug!(route = %route.name, reason = %error, "no upstream token");
+        // A JSON-RPC request gets a JSON-RPC answer the client shows to its user (and a tool
+        // call a tool result the model can read); anything else gets a plain JSON error.
+        if let Some(message) = jsonrpc::read_request(session).await
+            && let Some(answer) = jsonrpc::sign_in_answer(&message, &error.to_string())
+        {
+            return reply::json(session, 200, &answer).await;
+        }
         let (status, code) = match error {
             TokenError::NeedsSignIn { .. } => (401, "needs_sign_in"),
-            _ => (502, "token_unavailable"),
+            _ => (503, "token_unavailable"),
         };
         let mut body = reply::error_body(code, error.to_string());
         body["route"] = route.name.clone().into();
+        if let TokenError::NeedsSignIn { sign_in_url, .. } = error {
+            body["sign_in_url"] = sign_in_url.clone().into();
+        }
         reply::json(session, status, &body).await
     }
 

@@ -2,8 +2,9 @@
 //!
 //! The proxy asks a route's [`TokenSource`] for a token on every request and never looks
 //! inside it. A static token (from an environment variable or a file) serves upstreams that
-//! hand out long-lived keys; `none` forwards without credentials; OAuth routes answer
-//! "needs sign-in" until a person has signed in.
+//! hand out long-lived keys; `none` forwards without credentials; OAuth routes
+//! ([`crate::oauth::OAuthRoute`]) hand out the signed-in person's token, refreshed ahead of
+//! expiry, or say that the route needs sign-in.
 
 use std::fmt;
 use std::path::Path;
@@ -11,7 +12,8 @@ use std::path::Path;
 use async_trait::async_trait;
 
 /// A bearer token. Its `Debug` and `Display` never show the value.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub(crate) struct AccessToken(String);
 
 impl AccessToken {
@@ -40,8 +42,14 @@ impl fmt::Display for AccessToken {
 /// Why a route has no token to offer.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("route '{route}' needs sign-in: no OAuth tokens are stored for it")]
-    NeedsSignIn { route: String },
+    #[error("route '{route}' needs sign-in ({reason}): sign in at {sign_in_url}")]
+    NeedsSignIn {
+        route: String,
+        reason: String,
+        sign_in_url: String,
+    },
+    #[error("route '{route}': the upstream token could not be refreshed; try again shortly")]
+    RefreshFailed { route: String },
     #[error("cannot read the token file {path}")]
     ReadFile {
         path: String,
@@ -117,25 +125,6 @@ impl TokenSource for NoToken {
 
     async fn bearer(&self) -> Result<Option<AccessToken>, TokenError> {
         Ok(None)
-    }
-}
-
-/// A route that signs a person in with OAuth; without a completed sign-in it has no token.
-#[derive(Debug)]
-pub(crate) struct OAuthPending {
-    pub(crate) route: String,
-}
-
-#[async_trait]
-impl TokenSource for OAuthPending {
-    fn kind(&self) -> &'static str {
-        "oauth"
-    }
-
-    async fn bearer(&self) -> Result<Option<AccessToken>, TokenError> {
-        Err(TokenError::NeedsSignIn {
-            route: self.route.clone(),
-        })
     }
 }
 

@@ -104,6 +104,7 @@ pub(super) fn single_upstream(env: &dyn Env) -> Result<Config, Vec<FieldError>> 
             None
         }
         Some(text) => validate::http_url(&text)
+            .map(|url| (url, text))
             .map_err(|kind| fail(UPSTREAM_VAR, kind))
             .ok(),
     };
@@ -112,7 +113,7 @@ pub(super) fn single_upstream(env: &dyn Env) -> Result<Config, Vec<FieldError>> 
         expand_home(validate::DEFAULT_STORE_DIR, env).map_err(|kind| fail("HOME", kind));
 
     match (upstream, listen, store_dir) {
-        (Some(upstream), Ok(listen), Ok(dir)) if errors.is_empty() => Ok(Config {
+        (Some((upstream, upstream_text)), Ok(listen), Ok(dir)) if errors.is_empty() => Ok(Config {
             server: validate::default_server(listen, env.var(DATABRICKS_PORT_VAR).is_some()),
             store: StoreConfig {
                 kind: StoreKind::File,
@@ -122,8 +123,9 @@ pub(super) fn single_upstream(env: &dyn Env) -> Result<Config, Vec<FieldError>> 
                 name: "default".to_owned(),
                 prefix: "/".to_owned(),
                 upstream,
+                upstream_text,
                 ca_file: None,
-                auth: RouteAuth::OAuth,
+                auth: RouteAuth::OAuth(Box::default()),
                 headers: Vec::new(),
             }],
             source: ConfigSource::Environment,

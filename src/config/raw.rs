@@ -83,6 +83,50 @@ pub(super) struct RawAuth {
     pub(super) kind: Option<Spanned<RawAuthKind>>,
     pub(super) token_env: Option<Spanned<String>>,
     pub(super) token_file: Option<Spanned<String>>,
+    // The OAuth keys; all optional, all only for `kind = "oauth"`.
+    pub(super) client_id: Option<Spanned<String>>,
+    pub(super) client_secret_env: Option<Spanned<String>>,
+    pub(super) client_secret_file: Option<Spanned<String>>,
+    pub(super) token_endpoint_auth_method: Option<Spanned<String>>,
+    pub(super) scopes: Option<Spanned<Vec<String>>>,
+    pub(super) resource: Option<Spanned<String>>,
+    pub(super) send_resource: Option<Spanned<bool>>,
+    pub(super) authorization_endpoint: Option<Spanned<String>>,
+    pub(super) token_endpoint: Option<Spanned<String>>,
+    pub(super) registration_endpoint: Option<Spanned<String>>,
+    pub(super) allow_issuer_mismatch: Option<Spanned<bool>>,
+    pub(super) allow_plain_pkce: Option<Spanned<bool>>,
+    pub(super) authorize_params: Option<Spanned<BTreeMap<String, String>>>,
+}
+
+impl RawAuth {
+    /// The OAuth keys that are set, with their spans, for "only applies to oauth" errors.
+    pub(super) fn oauth_keys(&self) -> Vec<(&'static str, std::ops::Range<usize>)> {
+        let mut present = Vec::new();
+        macro_rules! note {
+            ($($field:ident),*) => {$(
+                if let Some(value) = &self.$field {
+                    present.push((stringify!($field), value.span()));
+                }
+            )*};
+        }
+        note!(
+            client_id,
+            client_secret_env,
+            client_secret_file,
+            token_endpoint_auth_method,
+            scopes,
+            resource,
+            send_resource,
+            authorization_endpoint,
+            token_endpoint,
+            registration_endpoint,
+            allow_issuer_mismatch,
+            allow_plain_pkce,
+            authorize_params
+        );
+        present
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

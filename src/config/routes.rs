@@ -67,6 +67,7 @@ fn check_route(index: usize, raw: &RawRoute, checker: &mut Checker<'_>) -> Optio
         name: name.map(|()| raw.name.get_ref().clone())?,
         prefix: prefix.map(|()| raw.prefix.get_ref().clone())?,
         upstream: upstream?,
+        upstream_text: raw.upstream.get_ref().clone(),
         ca_file: ca_file?,
         auth: auth?,
         headers: headers?,
@@ -223,13 +224,20 @@ fn check_auth(index: usize, raw: &RawAuth, checker: &mut Checker<'_>) -> Option<
                 stray = true;
             }
         }
+        if kind == RawAuthKind::None {
+            stray |= oauth_keys_refused(index, raw, checker);
+        }
         return match kind {
             _ if stray => None,
             RawAuthKind::None => Some(RouteAuth::None),
-            _ => Some(RouteAuth::OAuth),
+            _ => super::oauth::check(index, raw, checker)
+                .map(|settings| RouteAuth::OAuth(Box::new(settings))),
         };
     }
 
+    if oauth_keys_refused(index, raw, checker) {
+        return None;
+    }
     match (&raw.token_env, &raw.token_file) {
         (Some(var), None) => {
             if checker.env.var(var.get_ref()).is_some() {
@@ -251,6 +259,20 @@ fn check_auth(index: usize, raw: &RawAuth, checker: &mut Checker<'_>) -> Option<
             None
         }
     }
+}
+
+/// Reports every OAuth key set on a route that is not an OAuth route; true if any was.
+fn oauth_keys_refused(index: usize, raw: &RawAuth, checker: &mut Checker<'_>) -> bool {
+    let keys = raw.oauth_keys();
+    for (field, span) in &keys {
+        let error = FieldErrorKind::OAuthKeyWithoutOAuth { key: field };
+        checker.fail(
+            format!("routes[{index}].auth.{field}"),
+            Some(span.clone()),
+            error,
+        );
+    }
+    !keys.is_empty()
 }
 
 fn check_headers(

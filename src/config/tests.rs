@@ -176,7 +176,7 @@ kind = "none"
     assert_eq!(routes[0].prefix, "/atlassian");
     assert_eq!(routes[0].upstream.as_str(), "https://mcp.atlassian.com/v1");
     assert_eq!(routes[0].ca_file, Some(dir.path().join("ca.pem")));
-    assert_eq!(routes[0].auth, RouteAuth::OAuth);
+    assert!(matches!(routes[0].auth, RouteAuth::OAuth(_)));
     let bench_auth = RouteAuth::Bearer(BearerSource::Env("BENCH_TOKEN".into()));
     assert_eq!(routes[1].auth, bench_auth);
     assert_eq!(routes[1].headers, vec![("X-Extra".into(), "value".into())]);
@@ -208,7 +208,7 @@ fn defaults_fill_everything_but_routes() {
     assert_eq!(server.read_timeout, Duration::from_secs(300));
     assert!(server.tls.is_none());
     assert_eq!(config.store.dir, PathBuf::from("/home/ada/.mcp/auth"));
-    assert_eq!(config.routes[0].auth, RouteAuth::OAuth);
+    assert!(matches!(config.routes[0].auth, RouteAuth::OAuth(_)));
     assert!(config.routes[0].headers.is_empty());
 }
 
@@ -306,7 +306,12 @@ fn shipped_example_is_valid() {
         config.routes[0].upstream.as_str(),
         "https://mcp.atlassian.com/v1"
     );
-    assert!(config.routes.iter().all(|r| r.auth == RouteAuth::OAuth));
+    assert!(
+        config
+            .routes
+            .iter()
+            .all(|r| matches!(r.auth, RouteAuth::OAuth(_)))
+    );
     assert_eq!(config.server.listen.to_string(), "127.0.0.1:8000");
     assert_eq!(config.store.dir, PathBuf::from("/home/ada/.mcp/auth"));
 }
@@ -826,7 +831,7 @@ fn env_mode_builds_one_default_route() {
         ("default", "/")
     );
     assert_eq!(route.upstream.as_str(), "https://mcp.example.com/v1");
-    assert_eq!(route.auth, RouteAuth::OAuth);
+    assert!(matches!(route.auth, RouteAuth::OAuth(_)));
     assert_eq!(config.server.listen.to_string(), "127.0.0.1:8000");
     assert!(!config.server.databricks);
     assert_eq!(config.store.dir, PathBuf::from("/home/ada/.mcp/auth"));

@@ -4,14 +4,17 @@
 //!
 //! It speaks both MCP transports: Streamable HTTP (`POST`/`GET`/`DELETE {base}/mcp`, sessions
 //! in `Mcp-Session-Id`) and the legacy one (`GET {base}/sse` announces a message endpoint,
-//! `POST {base}/message?sessionId=ID` answers on that stream). It refuses any request without
-//! `Authorization: Bearer <token>` the way an OAuth-protected server does, offers three tools
+//! `POST {base}/message?sessionId=ID` answers on that stream). It refuses any request without a
+//! bearer token the way an OAuth-protected server does: either the static `token` option or an
+//! access token from its own OAuth 2.1 authorization server on the same origin (discovery,
+//! registration, authorize, token; see [`mock_oauth`]). It offers three tools
 //! (`echo`, `slow_stream` with progress notifications, `whoami`), two raw SSE endpoints
 //! (`/events`, `/silent`) and echoes any other request back as JSON, so tests can see exactly
 //! what the gateway forwarded.
 //!
 //! Everything the server sees is recorded in [`MockState`] for assertions: each request with its
-//! headers, the SSE streams open right now and the live Streamable HTTP sessions. The server
+//! headers, the SSE streams open right now, the live Streamable HTTP sessions and, in
+//! [`MockState::oauth`], what the authorization server saw and issued. The server
 //! binds `127.0.0.1` on the caller's tokio runtime and stops when the [`MockUpstream`] is
 //! dropped or shut down; stopping also ends every open SSE stream.
 
@@ -39,6 +42,18 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+// An explicit path, so that the example including this file by path finds the module too.
+#[path = "mock_oauth.rs"]
+mod mock_oauth;
+
+use mock_oauth::AuthServer;
+// Each test binary, and the example, names a different few of these.
+#[allow(unused_imports)]
+pub use mock_oauth::{
+    AsMetadataMode, ClientAuthMethod, OAuthState, PreregisteredClient, PrmMode, RecordedParams,
+    RegisteredClient,
+};
+
 /// Protocol versions the mock accepts in `initialize`; the last one is offered otherwise.
 const PROTOCOL_VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
 
@@ -58,7 +73,7 @@ pub enum EndpointStyle {
 /// How a [`MockUpstream`] behaves; start from `MockOptions::default()`.
 #[derive(Debug, Clone)]
 pub struct MockOptions {
-    /// The bearer token every request must carry.
+    /// A bearer token always accepted, besides live access tokens the mock's AS issued.
     pub token: String,
     /// Prefix of every MCP route, such as `/v1`; empty for the origin root.
     pub base_path: String,
@@ -67,6 +82,32 @@ pub struct MockOptions {
     /// Answer Streamable HTTP POSTs with `application/json` when the client accepts it, rather
     /// than with an SSE stream. `slow_stream` calls stream whenever the client accepts SSE.
     pub json_responses: bool,
+
+    // The authorization server.
+    /// Where protected-resource metadata is served and whether a 401 points at it.
+    pub prm: PrmMode,
+    /// Where authorization-server metadata is served, if anywhere.
+    pub as_metadata: AsMetadataMode,
+    /// An `issuer` for the metadata other than the origin serving it.
+    pub issuer_override: Option<String>,
+    /// Refuse any authorize or token request carrying `resource` with `invalid_target`.
+    /// Otherwise `resource`, when sent, must be the MCP endpoint's URL.
+    pub reject_resource: bool,
+    pub access_token_ttl: Duration,
+    /// Issue a refresh token with every access token; each is single-use.
+    pub issue_refresh_tokens: bool,
+    pub scopes_supported: Vec<String>,
+    /// `code_challenge_method`s accepted at `/authorize`.
+    pub pkce_methods: Vec<String>,
+    /// Answer every valid authorize request with `error=access_denied`.
+    pub deny_authorization: bool,
+    /// Clients known without registration.
+    pub preregistered: Vec<PreregisteredClient>,
+    /// Serve dynamic client registration at `/register`.
+    pub dcr_enabled: bool,
+    /// Make each `POST /token` wait this long; also settable with
+    /// [`OAuthState::set_token_delay`].
+    pub token_delay: Option<Duration>,
 }
 
 impl Default for MockOptions {
@@ -76,6 +117,20 @@ impl Default for MockOptions {
             base_path: String::new(),
             legacy_endpoint: EndpointStyle::Relative,
             json_responses: true,
+            prm: PrmMode::Header,
+            as_metadata: AsMetadataMode::Oauth,
+            issuer_override: None,
+            reject_resource: false,
+            access_token_ttl: Duration::from_secs(3600),
+            issue_refresh_tokens: true,
+            scopes_supported: ["mcp:read", "mcp:write", "offline_access"]
+                .map(String::from)
+                .into(),
+            pkce_methods: vec!["S256".to_owned()],
+            deny_authorization: false,
+            preregistered: Vec::new(),
+            dcr_enabled: true,
+            token_delay: None,
         }
     }
 }
@@ -106,13 +161,16 @@ impl MockUpstream {
         let base_path = normalize_base_path(&options.base_path);
         let state = Arc::new(MockState::default());
         let (stop, stopped) = watch::channel(false);
+        let options = Arc::new(MockOptions {
+            base_path,
+            ..options
+        });
+        let origin = format!("http://{addr}");
         let app = App {
             state: state.clone(),
-            options: Arc::new(MockOptions {
-                base_path,
-                ..options
-            }),
-            origin: Arc::from(format!("http://{addr}")),
+            auth: AuthServer::new(options.clone(), state.oauth.clone(), &origin),
+            options,
+            origin: Arc::from(origin),
             stopped,
         };
         let base_url = format!("{}{}", app.origin, app.options.base_path);
@@ -143,9 +201,20 @@ impl MockUpstream {
         &self.base_url
     }
 
+    /// `base_url()` followed by `/mcp`: the Streamable HTTP endpoint, and the resource the
+    /// authorization server issues tokens for.
+    pub fn mcp_url(&self) -> String {
+        format!("{}/mcp", self.base_url)
+    }
+
     /// What the server has seen so far.
     pub fn state(&self) -> Arc<MockState> {
         self.state.clone()
+    }
+
+    /// What the authorization server has seen and issued.
+    pub fn oauth(&self) -> &OAuthState {
+        self.state.oauth()
     }
 
     /// Stops the server and waits (up to five seconds) for its connections to close.
@@ -204,6 +273,7 @@ pub struct MockState {
     open_streams: AtomicUsize,
     sessions: Mutex<HashSet<String>>,
     legacy_sessions: Mutex<HashMap<String, mpsc::UnboundedSender<Value>>>,
+    oauth: Arc<OAuthState>,
 }
 
 impl MockState {
@@ -234,6 +304,11 @@ impl MockState {
     /// Streamable HTTP sessions initialized and not yet deleted.
     pub fn live_sessions(&self) -> usize {
         lock(&self.sessions).len()
+    }
+
+    /// The authorization server's records, and switches to provoke its failures.
+    pub fn oauth(&self) -> &OAuthState {
+        &self.oauth
     }
 
     /// Waits until `open_streams()` equals `expected`; false if `within` passes first.
@@ -281,6 +356,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone)]
 struct App {
     state: Arc<MockState>,
+    auth: AuthServer,
     options: Arc<MockOptions>,
     /// `http://127.0.0.1:PORT`.
     origin: Arc<str>,
@@ -299,7 +375,7 @@ impl App {
 
 fn router(app: App) -> Router {
     let base = &app.options.base_path;
-    let mut router = Router::new()
+    let mut mcp = Router::new()
         .route(
             &format!("{base}/mcp"),
             post(post_mcp).get(get_mcp).delete(delete_mcp),
@@ -309,15 +385,12 @@ fn router(app: App) -> Router {
         .route(&format!("{base}/events"), get(tick_events))
         .route(&format!("{base}/silent"), get(silent_stream));
     if app.options.legacy_endpoint == EndpointStyle::OriginRoot {
-        router = router.route("/messages/", post(legacy_message));
+        mcp = mcp.route("/messages/", post(legacy_message));
     }
-    router
-        .fallback(echo_request)
-        .layer(middleware::from_fn_with_state(
-            app.clone(),
-            record_and_authorize,
-        ))
-        .with_state(app)
+    mcp.fallback(echo_request)
+        .with_state(app.clone())
+        .merge(app.auth.clone().router())
+        .layer(middleware::from_fn_with_state(app, record_and_authorize))
 }
 
 /// `/v1/` and `v1` both become `/v1`; `/` becomes empty.
@@ -330,25 +403,26 @@ fn normalize_base_path(raw: &str) -> String {
     }
 }
 
-/// Records every request, then lets through only those with the right bearer token.
+/// Records every request, then lets through the authorization server's public endpoints and
+/// requests carrying an accepted bearer token.
 async fn record_and_authorize(State(app): State<App>, request: Request, next: Next) -> Response {
     app.state.record(&request);
 
-    // Discovery documents are public on real servers; the mock has none to offer yet.
-    if request.uri().path().starts_with("/.well-known/") {
-        return json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"}));
-    }
-    let expected = format!("Bearer {}", app.options.token);
-    let presented = request.headers().get(header::AUTHORIZATION);
-    if presented.is_some_and(|value| value.as_bytes() == expected.as_bytes()) {
+    if AuthServer::is_public(request.uri().path()) {
         return next.run(request).await;
     }
-    unauthorized(&app.origin)
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if presented.is_some_and(|token| app.auth.accepts_bearer(token)) {
+        return next.run(request).await;
+    }
+    unauthorized(app.auth.challenge())
 }
 
-fn unauthorized(origin: &str) -> Response {
-    let challenge =
-        format!("Bearer resource_metadata=\"{origin}/.well-known/oauth-protected-resource\"");
+fn unauthorized(challenge: String) -> Response {
     let body = json!({
         "error": "invalid_token",
         "error_description": "missing or wrong bearer token",
@@ -358,7 +432,11 @@ fn unauthorized(origin: &str) -> Response {
 }
 
 /// Any path the mock does not serve: answers with what arrived, for routing and header tests.
+/// Unknown discovery documents are missing, as on a real server.
 async fn echo_request(request: Request) -> Response {
+    if request.uri().path().starts_with("/.well-known/") {
+        return json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"}));
+    }
     let (parts, body) = request.into_parts();
     let body_len = axum::body::to_bytes(body, usize::MAX)
         .await

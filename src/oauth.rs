@@ -1,0 +1,302 @@
+//! U2M OAuth for routes whose `auth.kind` is `oauth`: a person signs in once, the gateway
+//! keeps that person's upstream tokens valid, and MCP clients never see an OAuth prompt.
+//!
+//! Each OAuth route has one [`OAuthRoute`]: its slot in the token store, the tokens in
+//! memory, and what discovery found. The pieces, in the order a sign-in meets them:
+//! [`discovery`] finds the authorization server, [`registration`] gets a client id,
+//! [`flow`] runs the authorization-code + PKCE round trip through `/auth/{route}/start` and
+//! `/oauth/callback`, and [`refresher`] refreshes ahead of expiry. The proxy only calls
+//! [`TokenSource::bearer`], which never refreshes on its own: it waits on the refresher's
+//! single flight, so any number of concurrent requests cause one token request.
+
+pub(crate) mod discovery;
+pub(crate) mod exchange;
+pub(crate) mod flow;
+pub(crate) mod refresher;
+pub(crate) mod registration;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use url::Url;
+
+use crate::config::{OAuthSettings, RouteConfig};
+use crate::store::{Slot, StoredTokens, TokenStore};
+use crate::token::{AccessToken, TokenError, TokenSource};
+use discovery::{Discovered, DiscoveryOverrides};
+
+/// A token this close to expiry (or a tenth of its lifetime, if that is less) is refreshed
+/// before use rather than sent.
+const EXPIRY_SKEW: Duration = Duration::from_secs(30);
+
+/// Whether `tokens` are too close to expiry to send.
+pub(crate) fn is_stale(tokens: &StoredTokens, now: SystemTime) -> bool {
+    let margin = tokens
+        .lifetime()
+        .map_or(EXPIRY_SKEW, |lifetime| EXPIRY_SKEW.min(lifetime / 10));
+    tokens.expires_within(now, margin)
+}
+
+/// Why an OAuth step failed; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OAuthError {
+    #[error(transparent)]
+    Discovery(#[from] discovery::DiscoveryError),
+    #[error(transparent)]
+    Registration(#[from] registration::RegistrationError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Where a route's sign-in stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SlotStatus {
+    SignedIn,
+    NeedsSignIn { reason: String },
+}
+
+/// One OAuth route: its settings, its slot, and the signed-in person's tokens.
+#[derive(Debug)]
+pub(crate) struct OAuthRoute {
+    pub(crate) name: String,
+    /// The MCP endpoint the tokens are for; discovery probes it.
+    pub(crate) mcp_url: Url,
+    pub(crate) settings: OAuthSettings,
+    pub(crate) slot: Slot,
+    pub(crate) store: Arc<dyn TokenStore>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// `{public_url}/oauth/callback`.
+    pub(crate) redirect_uri: Url,
+    /// `{public_url}/auth/{route}/start`.
+    pub(crate) sign_in_url: String,
+    tokens: RwLock<Option<StoredTokens>>,
+    status: RwLock<SlotStatus>,
+    /// Bumped whenever new tokens are installed, so waiters can tell a refresh happened.
+    generation: AtomicU64,
+    refresh_gate: tokio::sync::Mutex<()>,
+    changed: tokio::sync::Notify,
+    discovered: tokio::sync::Mutex<Option<Arc<Discovered>>>,
+}
+
+impl OAuthRoute {
+    /// The OAuth side of `route`, whose `auth` is `settings`; its slot is the route's
+    /// upstream with no principal.
+    pub(crate) fn new(
+        route: &RouteConfig,
+        settings: OAuthSettings,
+        store: Arc<dyn TokenStore>,
+        http: reqwest::Client,
+        metrics: Arc<crate::metrics::Metrics>,
+        public_url: &Url,
+    ) -> Self {
+        let name = route.name.clone();
+        let mcp_url = mcp_endpoint(&route.upstream);
+        let slot = Slot::new(name.clone(), route.upstream_text.clone(), None);
+        let base = public_url.as_str().trim_end_matches('/');
+        let redirect_uri = Url::parse(&format!("{base}/oauth/callback"))
+            .expect("a valid public URL plus a path is a valid URL");
+        Self {
+            sign_in_url: format!("{base}/auth/{name}/start"),
+            name,
+            mcp_url,
+            settings,
+            slot,
+            store,
+            http,
+            metrics,
+            redirect_uri,
+            tokens: RwLock::new(None),
+            status: RwLock::new(SlotStatus::NeedsSignIn {
+                reason: "not signed in yet".into(),
+            }),
+            generation: AtomicU64::new(0),
+            refresh_gate: tokio::sync::Mutex::new(()),
+            changed: tokio::sync::Notify::new(),
+            discovered: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Loads the slot's tokens from the store; a missing or unreadable file means sign-in.
+    pub(crate) async fn load(&self) {
+        match self.store.load_tokens(&self.slot).await {
+            Ok(Some(tokens)) => self.install(tokens),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(route = %self.name, %error, "stored tokens unusable; the route needs sign-in");
+                self.needs_sign_in(error.to_string());
+            }
+        }
+    }
+
+    pub(crate) fn status(&self) -> SlotStatus {
+        self.status.read().clone()
+    }
+
+    pub(crate) fn tokens(&self) -> Option<StoredTokens> {
+        self.tokens.read().clone()
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Makes `tokens` current; callers persist them first.
+    pub(crate) fn install(&self, tokens: StoredTokens) {
+        *self.tokens.write() = Some(tokens);
+        *self.status.write() = SlotStatus::SignedIn;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    /// Marks the route as needing a person to sign in again.
+    pub(crate) fn needs_sign_in(&self, reason: impl Into<String>) {
+        *self.status.write() = SlotStatus::NeedsSignIn {
+            reason: reason.into(),
+        };
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    /// Forgets the tokens in memory and in the store (the registration stays).
+    pub(crate) async fn sign_out(&self) -> Result<(), crate::store::StoreError> {
+        self.store.clear(&self.slot, false).await?;
+        *self.tokens.write() = None;
+        self.needs_sign_in("signed out");
+        Ok(())
+    }
+
+    /// Discovery's result, fetched once and then reused.
+    pub(crate) async fn discovered(&self) -> Result<Arc<Discovered>, OAuthError> {
+        let mut cached = self.discovered.lock().await;
+        if let Some(found) = cached.as_ref() {
+            return Ok(Arc::clone(found));
+        }
+        let found =
+            Arc::new(discovery::discover(&self.http, &self.mcp_url, &self.overrides()).await?);
+        tracing::info!(
+            route = %self.name,
+            issuer = %found.auth_server.issuer,
+            resource_metadata = ?found.resource_metadata_url.as_ref().map(Url::as_str),
+            path = ?found.path,
+            document = ?found.as_document,
+            "authorization server discovered"
+        );
+        *cached = Some(Arc::clone(&found));
+        Ok(found)
+    }
+
+    pub(crate) fn overrides(&self) -> DiscoveryOverrides {
+        DiscoveryOverrides {
+            authorization_endpoint: self.settings.authorization_endpoint.clone(),
+            token_endpoint: self.settings.token_endpoint.clone(),
+            registration_endpoint: self.settings.registration_endpoint.clone(),
+            scopes: self.settings.scopes.clone(),
+            resource: self.settings.resource.clone(),
+            allow_issuer_mismatch: self.settings.allow_issuer_mismatch,
+            allow_plain_pkce: self.settings.allow_plain_pkce,
+        }
+    }
+
+    /// The RFC 8707 resource to send, unless the route turned it off.
+    pub(crate) fn resource(&self, discovered: &Discovered) -> Option<String> {
+        self.settings
+            .send_resource
+            .then(|| discovered.resource.clone())
+    }
+
+    fn sign_in_error(&self, reason: String) -> TokenError {
+        TokenError::NeedsSignIn {
+            route: self.name.clone(),
+            reason,
+            sign_in_url: self.sign_in_url.clone(),
+        }
+    }
+
+    /// Resolves when new tokens are installed or the status changes; it registers at once,
+    /// so a change between this call and the first poll is not missed.
+    pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+}
+
+#[async_trait]
+impl TokenSource for OAuthRoute {
+    fn kind(&self) -> &'static str {
+        "oauth"
+    }
+
+    async fn bearer(&self) -> Result<Option<AccessToken>, TokenError> {
+        // Two rounds at most: a token that is stale on arrival is refreshed once.
+        for _ in 0..2 {
+            let generation = self.generation();
+            if let SlotStatus::NeedsSignIn { reason } = self.status() {
+                return Err(self.sign_in_error(reason));
+            }
+            let Some(tokens) = self.tokens() else {
+                return Err(self.sign_in_error("not signed in yet".into()));
+            };
+            let now = SystemTime::now();
+            if !is_stale(&tokens, now) {
+                return Ok(Some(tokens.access_token));
+            }
+            if tokens.refresh_token.is_none() {
+                let reason = "the access token expired and no refresh token was issued";
+                return Err(self.sign_in_error(reason.into()));
+            }
+            if let Err(error) = refresher::refresh(self, generation).await {
+                if tokens.is_expired(now) {
+                    tracing::warn!(route = %self.name, %error, "refresh failed and the token has expired");
+                    return match self.status() {
+                        SlotStatus::NeedsSignIn { reason } => Err(self.sign_in_error(reason)),
+                        SlotStatus::SignedIn => Err(TokenError::RefreshFailed {
+                            route: self.name.clone(),
+                        }),
+                    };
+                }
+                // Not expired yet: use it while the refresher keeps trying.
+                return Ok(Some(tokens.access_token));
+            }
+        }
+        Err(TokenError::RefreshFailed {
+            route: self.name.clone(),
+        })
+    }
+}
+
+/// The MCP endpoint of an upstream base URL: the base itself when it already names an MCP
+/// path (`…/mcp`, `…/sse`), else `{base}/mcp`.
+pub(crate) fn mcp_endpoint(base: &Url) -> Url {
+    let path = base.path().trim_end_matches('/');
+    if path.ends_with("/mcp") || path.ends_with("/sse") {
+        return base.clone();
+    }
+    let mut url = base.clone();
+    url.set_path(&format!("{path}/mcp"));
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mcp_endpoint_appends_mcp_to_a_bare_base() {
+        let url = |text: &str| Url::parse(text).expect("url");
+        assert_eq!(
+            mcp_endpoint(&url("https://mcp.atlassian.com/v1")).as_str(),
+            "https://mcp.atlassian.com/v1/mcp"
+        );
+        assert_eq!(
+            mcp_endpoint(&url("https://mcp.linear.app")).as_str(),
+            "https://mcp.linear.app/mcp"
+        );
+        assert_eq!(
+            mcp_endpoint(&url("https://x.example/api/mcp")).as_str(),
+            "https://x.example/api/mcp"
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! The sign-in round trip: `GET /auth/{route}/start` → the authorization server → `GET
+//! /oauth/callback`.
+//!
+//! Starting a sign-in creates a pending flow keyed by a random `state`: the route, a PKCE
+//! S256 verifier, the client and endpoints it was started with, and an expiry ten minutes
+//! out. The callback takes the flow out by its `state` (so a state works once), refuses an
+//! expired one, reports the authorization server's `error=`, exchanges the code with the
+//! verifier, stores the tokens and installs them. One callback serves every route: the
+//! `state` says which flow it ends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oauth2::{CsrfToken, PkceCodeChallenge, Scope};
+use parking_lot::Mutex;
+use url::Url;
+
+use super::exchange::{self, ExchangeError};
+use super::registration::{self, RegistrationError};
+use super::{OAuthError, OAuthRoute};
+use crate::secret::Secret;
+use crate::store::StoredClient;
+
+/// How long a person has to finish signing in.
+pub(crate) const FLOW_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Pending flows beyond this many are refused, so that a flood of `start` requests cannot
+/// grow memory without bound.
+const MAX_PENDING: usize = 1024;
+
+/// Why a callback did not end in stored tokens; the page shows the message.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallbackError {
+    #[error("the callback has no state parameter: start the sign-in from the gateway's page")]
+    MissingState,
+    #[error("this sign-in link is unknown or was already used: start the sign-in again")]
+    UnknownState,
+    #[error("this sign-in took longer than ten minutes: start the sign-in again")]
+    Expired { route: String },
+    #[error("the authorization server refused the sign-in: {error}{}", describe(.description))]
+    Denied {
+        route: Option<String>,
+        error: String,
+        description: Option<String>,
+    },
+    #[error("the callback has no authorization code")]
+    MissingCode { route: String },
+    #[error("exchanging the authorization code failed: {source}")]
+    Exchange {
+        route: String,
+        #[source]
+        source: ExchangeError,
+    },
+    #[error("the tokens could not be stored: {source}")]
+    Store {
+        route: String,
+        #[source]
+        source: crate::store::StoreError,
+    },
+}
+
+impl CallbackError {
+    /// The route the failed flow belonged to, when it is known.
+    pub(crate) fn route(&self) -> Option<&str> {
+        match self {
+            CallbackError::MissingState | CallbackError::UnknownState => None,
+            CallbackError::Denied { route, .. } => route.as_deref(),
+            CallbackError::Expired { route }
+            | CallbackError::MissingCode { route }
+            | CallbackError::Exchange { route, .. }
+            | CallbackError::Store { route, .. } => Some(route),
+        }
+    }
+}
+
+fn describe(description: &Option<String>) -> String {
+    description
+        .as_deref()
+        .map(|text| format!(" ({text})"))
+        .unwrap_or_default()
+}
+
+/// Why a sign-in could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
+    #[error("too many sign-ins are in progress; try again in a few minutes")]
+    TooMany,
+}
+
+impl From<RegistrationError> for StartError {
+    fn from(error: RegistrationError) -> Self {
+        StartError::OAuth(OAuthError::Registration(error))
+    }
+}
+
+/// One sign-in in progress.
+#[derive(Debug)]
+struct PendingFlow {
+    route: Arc<OAuthRoute>,
+    verifier: Secret,
+    client: StoredClient,
+    authorization_endpoint: Url,
+    token_endpoint: Url,
+    resource: Option<String>,
+    started: Instant,
+}
+
+/// Every sign-in in progress, by `state`.
+#[derive(Debug, Default)]
+pub(crate) struct PendingFlows {
+    flows: Mutex<HashMap<String, PendingFlow>>,
+}
+
+/// A completed sign-in, for the success page.
+#[derive(Debug)]
+pub(crate) struct SignedIn {
+    pub(crate) route: String,
+    pub(crate) scope: Option<String>,
+}
+
+impl PendingFlows {
+    /// Starts a sign-in for `route`; returns the authorization URL to send the browser to.
+    pub(crate) async fn start(&self, route: &Arc<OAuthRoute>) -> Result<Url, StartError> {
+        let discovered = route.discovered().await?;
+        let client = registration::ensure(route, &discovered).await?;
+        let server = &discovered.auth_server;
+        let oauth = exchange::client(
+            &client,
+            &server.authorization_endpoint,
+            &server.token_endpoint,
+            &route.redirect_uri,
+        );
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let resource = route.resource(&discovered);
+        let mut request = oauth
+            .authorize_url(CsrfToken::new_random)
+            .set_pkce_challenge(challenge)
+            .add_scopes(
+                discovered
+                    .scopes_to_request(&route.overrides())
+                    .into_iter()
+                    .map(Scope::new),
+            );
+        if let Some(resource) = &resource {
+            request = request.add_extra_param("resource", resource.clone());
+        }
+        for (name, value) in &route.settings.authorize_params {
+            request = request.add_extra_param(name.clone(), value.clone());
+        }
+        let (url, state) = request.url();
+
+        let flow = PendingFlow {
+            route: Arc::clone(route),
+            verifier: Secret::new(verifier.secret().clone()),
+            client,
+            authorization_endpoint: server.authorization_endpoint.clone(),
+            token_endpoint: server.token_endpoint.clone(),
+            resource,
+            started: Instant::now(),
+        };
+        let mut flows = self.flows.lock();
+        flows.retain(|_, flow| flow.started.elapsed() < FLOW_LIFETIME);
+        if flows.len() >= MAX_PENDING {
+            return Err(StartError::TooMany);
+        }
+        flows.insert(state.secret().clone(), flow);
+        Ok(url)
+    }
+
+    /// Ends the sign-in that `params` (the callback's query) names.
+    pub(crate) async fn complete(
+        &self,
+        params: &HashMap<String, String>,
+    ) -> Result<SignedIn, CallbackError> {
+        let state = params.get("state").ok_or(CallbackError::MissingState)?;
+        // Taken out before anything else: a state is good for one callback only.
+        let flow = self.flows.lock().remove(state);
+        if let Some(error) = params.get("error") {
+            return Err(CallbackError::Denied {
+                route: flow.map(|flow| flow.route.name.clone()),
+                error: error.clone(),
+                description: params.get("error_description").cloned(),
+            });
+        }
+        let flow = flow.ok_or(CallbackError::UnknownState)?;
+        let route = flow.route.name.clone();
+        if flow.started.elapsed() >= FLOW_LIFETIME {
+            return Err(CallbackError::Expired { route });
+        }
+        let code =
+            params
+                .get("code")
+                .map(Secret::new)
+                .ok_or_else(|| CallbackError::MissingCode {
+                    route: route.clone(),
+                })?;
+        self.finish(flow, &code).await
+    }
+
+    async fn finish(&self, flow: PendingFlow, code: &Secret) -> Result<SignedIn, CallbackError> {
+        let route = &flow.route;
+        let oauth = exchange::client(
+            &flow.client,
+            &flow.authorization_endpoint,
+            &flow.token_endpoint,
+            &route.redirect_uri,
+        );
+        let tokens = exchange::exchange_code(
+            &oauth,
+            &route.http,
+            code,
+            &flow.verifier,
+            flow.resource.as_deref(),
+        )
+        .await;
+        let tokens = match tokens {
+            Ok(tokens) => tokens,
+            Err(source) => {
+                if matches!(source, ExchangeError::InvalidClient(_)) {
+                    // The next start registers afresh instead of reusing a dead client.
+                    let _ = registration::forget(route).await;
+                }
+                return Err(CallbackError::Exchange {
+                    route: route.name.clone(),
+                    source,
+                });
+            }
+        };
+        route
+            .store
+            .save_tokens(&route.slot, &tokens)
+            .await
+            .map_err(|source| CallbackError::Store {
+                route: route.name.clone(),
+                source,
+            })?;
+        let scope = tokens.scope.clone();
+        route.install(tokens);
+        tracing::info!(route = %route.name, "signed in");
+        Ok(SignedIn {
+            route: route.name.clone(),
+            scope,
+        })
+    }
+}

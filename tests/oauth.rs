@@ -1,0 +1,550 @@
+//! Signing in through the gateway and living with the tokens: the whole OAuth round trip over
+//! HTTP against the mock authorization server, refreshes under load, rotation, and the
+//! answers clients get when a route needs sign-in.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::gateway::{TestGateway, start};
+use support::mock_upstream::{MockOptions, MockUpstream};
+use url::Url;
+
+/// A client that shows redirects instead of following them, like a test of a browser.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+fn oauth_gateway(upstream: &MockUpstream, auth_extra: &str) -> TestGateway {
+    start(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+dir = "{{dir}}/store"
+[[routes]]
+name = "up"
+prefix = "/up"
+upstream = "{}"
+[routes.auth]
+kind = "oauth"
+{auth_extra}
+"#,
+            upstream.base_url()
+        ),
+        &[],
+    )
+}
+
+fn location(response: &reqwest::Response) -> Url {
+    let location = response.headers()["location"].to_str().expect("ascii");
+    Url::parse(location).expect("absolute location")
+}
+
+fn query(url: &Url) -> HashMap<String, String> {
+    url.query_pairs().into_owned().collect()
+}
+
+/// Runs a sign-in the way a browser would; returns the callback page's status and text.
+async fn sign_in(gateway: &TestGateway) -> (u16, String) {
+    let start = browser()
+        .get(format!("{}/auth/up/start", gateway.url()))
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(
+        start.status(),
+        302,
+        "{}",
+        start.text().await.unwrap_or_default()
+    );
+    let authorize = location(&start);
+    let approved = browser().get(authorize).send().await.expect("authorize");
+    assert_eq!(approved.status(), 302, "the mock approves at once");
+    let callback = location(&approved);
+    let page = browser().get(callback).send().await.expect("callback");
+    let status = page.status().as_u16();
+    (status, page.text().await.expect("page"))
+}
+
+async fn initialize(gateway: &TestGateway) -> (u16, Value) {
+    let response = browser()
+        .post(format!("{}/up/mcp", gateway.url()))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+            "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}))
+        .send()
+        .await
+        .expect("initialize");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn store_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("store"))
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok())
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_in_through_the_gateway_then_clients_use_the_new_token() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = oauth_gateway(&upstream, "");
+
+    let start = browser()
+        .get(format!("{}/auth/up/start", gateway.url()))
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(start.status(), 302);
+    let params = query(&location(&start));
+    assert_eq!(params["response_type"], "code");
+    assert_eq!(params["code_challenge_method"], "S256");
+    assert_eq!(
+        params["redirect_uri"],
+        format!(
+            "{}/oauth/callback",
+            gateway.url().replace("127.0.0.1", "localhost")
+        )
+    );
+    assert_eq!(params["resource"], format!("{}/mcp", upstream.base_url()));
+    assert!(
+        params["scope"].split(' ').any(|s| s == "offline_access"),
+        "{params:?}"
+    );
+    assert!(params.contains_key("state") && params.contains_key("client_id"));
+
+    let (status, page) = sign_in(&gateway).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Signed in to up"), "{page}");
+
+    let (status, body) = initialize(&gateway).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["serverInfo"]["name"], "mock-upstream");
+    let issued = upstream.state().oauth().issued_access_tokens();
+    let seen = upstream
+        .state()
+        .last_request_to("/mcp")
+        .expect("upstream saw the call");
+    let auth = seen.header("authorization").expect("authorization");
+    assert!(
+        issued.iter().any(|token| auth == format!("Bearer {token}")),
+        "{auth}"
+    );
+
+    // Tokens and registration live in the Python proxy's layout, readable by no one else.
+    let files = store_files(gateway.dir.path());
+    assert!(
+        files.iter().any(|f| f.ends_with("_tokens.json")),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.ends_with("_client_info.json")),
+        "{files:?}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for file in files.iter().filter(|f| f.ends_with(".json")) {
+        let mode = std::fs::metadata(gateway.dir.path().join("store").join(file))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_works_once_and_a_forged_one_never() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = oauth_gateway(&upstream, "");
+    let start = browser()
+        .get(format!("{}/auth/up/start", gateway.url()))
+        .send()
+        .await
+        .expect("start");
+    let approved = browser()
+        .get(location(&start))
+        .send()
+        .await
+        .expect("authorize");
+    let callback = location(&approved);
+
+    let first = browser()
+        .get(callback.clone())
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(first.status(), 200);
+    let replay = browser()
+        .get(callback.clone())
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(replay.status(), 400);
+    assert!(replay.text().await.expect("page").contains("already used"));
+
+    let mut forged = callback.clone();
+    forged.set_query(Some("code=abc&state=not-a-state"));
+    let forged = browser().get(forged).send().await.expect("forged");
+    assert_eq!(forged.status(), 400);
+    assert_eq!(
+        upstream.state().oauth().token_requests(),
+        1,
+        "only the real callback reached the token endpoint"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_authorization_shows_why_and_stores_nothing() {
+    let upstream = MockUpstream::start(MockOptions {
+        deny_authorization: true,
+        ..Default::default()
+    })
+    .await;
+    let gateway = oauth_gateway(&upstream, "");
+    let (status, page) = sign_in(&gateway).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("access_denied"), "{page}");
+    assert!(!page.contains("code="), "{page}");
+    let files = store_files(gateway.dir.path());
+    assert!(
+        !files.iter().any(|f| f.ends_with("_tokens.json")),
+        "{files:?}"
+    );
+    let (status, _) = initialize(&gateway).await;
+    assert_eq!(status, 200, "a JSON-RPC request gets a JSON-RPC answer");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn before_sign_in_clients_are_told_where_to_sign_in() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = oauth_gateway(&upstream, "");
+    let sign_in_url = format!(
+        "{}/auth/up/start",
+        gateway.url().replace("127.0.0.1", "localhost")
+    );
+
+    let call: Value = browser()
+        .post(format!("{}/up/mcp", gateway.url()))
+        .json(&json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}))
+        .send()
+        .await
+        .expect("call")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(call["id"], 5);
+    assert_eq!(call["result"]["isError"], true);
+    let text = call["result"]["content"][0]["text"].as_str().expect("text");
+    assert!(text.contains(&sign_in_url), "{text}");
+
+    let (status, list) = initialize(&gateway).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["error"]["code"], -32001);
+    assert!(
+        list["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains(&sign_in_url)
+    );
+
+    let stream = browser()
+        .get(format!("{}/up/sse", gateway.url()))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("sse");
+    assert_eq!(stream.status(), 401);
+    assert!(stream.headers().get("www-authenticate").is_none());
+    let body: Value = stream.json().await.expect("json");
+    assert_eq!(body["error"], "needs_sign_in");
+    assert_eq!(body["sign_in_url"], sign_in_url);
+    assert_eq!(
+        upstream.state().total_requests(),
+        0,
+        "nothing reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_at_expiry_cause_one_refresh() {
+    let upstream = MockUpstream::start(MockOptions {
+        access_token_ttl: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let gateway = oauth_gateway(&upstream, "");
+    assert_eq!(sign_in(&gateway).await.0, 200);
+    let signed_in = Instant::now();
+    // The refresher starts its refresh at 80% of the 2 s lifetime and the slow token
+    // endpoint keeps it in flight past expiry; the tokens it brings live an hour.
+    let oauth = upstream.oauth();
+    oauth.set_token_delay(Some(Duration::from_millis(1200)));
+    oauth.set_access_token_ttl(Duration::from_secs(3600));
+
+    // Just past expiry, with the refresher's own refresh still in flight at the mock.
+    tokio::time::sleep(Duration::from_millis(2100).saturating_sub(signed_in.elapsed())).await;
+    let url = format!("{}/up/anything", gateway.url());
+    let client = reqwest::Client::new();
+    let requests = (0..1000).map(|_| {
+        let client = client.clone();
+        let url = url.clone();
+        tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
+    });
+    let statuses = futures::future::join_all(requests).await;
+    let failed: Vec<_> = statuses
+        .iter()
+        .filter(|s| !matches!(s, Ok(Ok(200))))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(
+        oauth.refresh_requests(),
+        1,
+        "one token request for all of them"
+    );
+    assert!(!oauth.refresh_token_reuse_detected());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_never_reuses_a_refresh_token_even_across_two_gateways() {
+    let upstream = MockUpstream::start(MockOptions {
+        access_token_ttl: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let first = oauth_gateway(&upstream, "");
+    assert_eq!(sign_in(&first).await.0, 200);
+    // A second gateway on the same store directory, as a second replica would be: behind
+    // the same public URL, so with the same redirect URI.
+    let store = first.dir.path().join("store");
+    let public_url = first.url().replace("127.0.0.1", "localhost");
+    let second = start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"{public_url}\"\n[store]\ndir = \"{}\"\n[[routes]]\nname = \"up\"\nprefix = \"/up\"\nupstream = \"{}\"\n",
+            store.display(),
+            upstream.base_url()
+        ),
+        &[],
+    );
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < deadline {
+        for gateway in [&first, &second] {
+            let status = client
+                .get(format!("{}/up/anything", gateway.url()))
+                .send()
+                .await
+                .expect("request")
+                .status();
+            let oauth = upstream.oauth();
+            assert_eq!(
+                status,
+                200,
+                "{}: reuse {}, refreshes {}",
+                gateway.url(),
+                oauth.refresh_token_reuse_detected(),
+                oauth.refresh_requests()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let oauth = upstream.oauth();
+    assert!(
+        oauth.refresh_requests() >= 4,
+        "refreshed {} times",
+        oauth.refresh_requests()
+    );
+    assert!(!oauth.refresh_token_reuse_detected());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_refresh_token_means_sign_in_again() {
+    let upstream = MockUpstream::start(MockOptions {
+        access_token_ttl: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let gateway = oauth_gateway(&upstream, "");
+    assert_eq!(sign_in(&gateway).await.0, 200);
+    upstream.state().oauth().revoke_refresh_tokens();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let call: Value = browser()
+        .post(format!("{}/up/mcp", gateway.url()))
+        .json(&json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}))
+        .send()
+        .await
+        .expect("call")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(call["result"]["isError"], true, "{call}");
+    let text = call["result"]["content"][0]["text"].as_str().expect("text");
+    assert!(
+        text.contains("invalid_grant") && text.contains("/auth/up/start"),
+        "{text}"
+    );
+
+    // Signing in again brings the route back.
+    assert_eq!(sign_in(&gateway).await.0, 200);
+    assert_eq!(initialize(&gateway).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forgotten_client_is_registered_again() {
+    let upstream = MockUpstream::start(MockOptions {
+        access_token_ttl: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let gateway = oauth_gateway(&upstream, "");
+    assert_eq!(sign_in(&gateway).await.0, 200);
+    upstream.state().oauth().revoke_all_clients();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sign_in(&gateway).await.0, 200);
+    assert_eq!(upstream.state().oauth().registered_clients().len(), 2);
+    assert_eq!(initialize(&gateway).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preregistered_confidential_clients_authenticate_both_ways() {
+    for method in ["client_secret_basic", "client_secret_post"] {
+        let upstream = MockUpstream::start(MockOptions {
+            preregistered: vec![support::mock_upstream::PreregisteredClient {
+                client_id: "gw-client".into(),
+                client_secret: Some("gw-secret".into()),
+                auth_method: method.into(),
+            }],
+            ..Default::default()
+        })
+        .await;
+        let gateway = start(
+            &format!(
+                r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+dir = "{{dir}}/store"
+[[routes]]
+name = "up"
+prefix = "/up"
+upstream = "{}"
+[routes.auth]
+client_id = "gw-client"
+client_secret_file = "{{dir}}/secret"
+token_endpoint_auth_method = "{method}"
+"#,
+                upstream.base_url()
+            ),
+            &[("secret", "gw-secret\n")],
+        );
+        let (status, page) = sign_in(&gateway).await;
+        assert_eq!(status, 200, "{method}: {page}");
+        assert!(
+            upstream.state().oauth().registered_clients().is_empty(),
+            "{method}: no dynamic registration"
+        );
+        assert_eq!(initialize(&gateway).await.0, 200, "{method}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn servers_without_metadata_use_the_2025_03_26_defaults() {
+    use support::mock_upstream::{AsMetadataMode, PrmMode};
+    let upstream = MockUpstream::start(MockOptions {
+        prm: PrmMode::None,
+        as_metadata: AsMetadataMode::None,
+        ..Default::default()
+    })
+    .await;
+    let gateway = oauth_gateway(&upstream, "allow_plain_pkce = false");
+    let (status, page) = sign_in(&gateway).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(initialize(&gateway).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_issuer_mismatch_is_refused_unless_the_route_allows_it() {
+    let options = || MockOptions {
+        issuer_override: Some("https://issuer.example".into()),
+        ..Default::default()
+    };
+    let upstream = MockUpstream::start(options()).await;
+    let strict = oauth_gateway(&upstream, "");
+    let refused = browser()
+        .get(format!("{}/auth/up/start", strict.url()))
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(refused.status(), 502);
+    assert!(
+        refused
+            .text()
+            .await
+            .expect("page")
+            .contains("allow_issuer_mismatch")
+    );
+
+    let lenient = oauth_gateway(&upstream, "allow_issuer_mismatch = true");
+    assert_eq!(sign_in(&lenient).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_that_reject_resource_can_turn_it_off() {
+    let upstream = MockUpstream::start(MockOptions {
+        reject_resource: true,
+        ..Default::default()
+    })
+    .await;
+    let gateway = oauth_gateway(&upstream, "send_resource = false");
+    let start = browser()
+        .get(format!("{}/auth/up/start", gateway.url()))
+        .send()
+        .await
+        .expect("start");
+    assert!(!query(&location(&start)).contains_key("resource"));
+    assert_eq!(sign_in(&gateway).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signing_out_needs_a_same_origin_request() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = oauth_gateway(&upstream, "");
+    assert_eq!(sign_in(&gateway).await.0, 200);
+    let url = format!("{}/auth/up/clear", gateway.url());
+    let cross = browser()
+        .post(&url)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(cross.status(), 403);
+    assert_eq!(
+        initialize(&gateway).await.1["result"]["serverInfo"]["name"],
+        "mock-upstream"
+    );
+
+    let same = browser().post(&url).send().await.expect("post");
+    assert_eq!(same.status(), 303);
+    let (_, answer) = initialize(&gateway).await;
+    assert_eq!(answer["error"]["code"], -32001, "{answer}");
+}
