@@ -121,10 +121,14 @@ fn print_banner(config: &Config, addr: std::net::SocketAddr) {
     }
 }
 
-/// `RUST_LOG`-style filtering (default `info`); JSON lines when stderr is not a terminal.
+/// The gateway's lifecycle at `info`; pingora's own start-up and shutdown chatter only when
+/// something is wrong.
+const DEFAULT_LOG_FILTER: &str = "info,pingora_core=warn,pingora_proxy=warn";
+
+/// `RUST_LOG`-style filtering; JSON lines when stderr is not a terminal.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

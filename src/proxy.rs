@@ -162,6 +162,11 @@ impl ProxyHttp for GatewayProxy {
         }
     }
 
+    /// A client that hangs up is not an error of the gateway's; `logging` notes it at debug.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        client_went_away(error)
+    }
+
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
         let status = ctx
             .answered
@@ -178,6 +183,9 @@ impl ProxyHttp for GatewayProxy {
         }
         let method = method.as_str();
         match error {
+            Some(error) if client_went_away(error) => {
+                tracing::debug!(route, method, elapsed_ms, "client closed the connection")
+            }
             Some(error) if status >= 500 || status == 0 => {
                 tracing::warn!(
                     route,
@@ -262,6 +270,15 @@ impl GatewayProxy {
         body["routes"] = prefixes.into();
         reply::json(session, 404, &body).await
     }
+}
+
+/// Whether `error` only says that the client closed its connection.
+fn client_went_away(error: &Error) -> bool {
+    *error.esource() == pingora::ErrorSource::Downstream
+        && matches!(
+            error.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        )
 }
 
 /// A `GET` for an event stream: relayed by the gateway's own stream loop.

@@ -66,7 +66,9 @@ fn the_mock_example_config_is_valid() {
         .output()
         .expect("run");
     assert!(output.status.success(), "{}", text(&output.stderr));
-    assert!(text(&output.stdout).contains("http://127.0.0.1:9000/"));
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("http://127.0.0.1:9000/"), "{stdout}");
+    assert!(stdout.contains("route 'mock', auth oauth"), "{stdout}");
 }
 
 #[test]
