@@ -265,6 +265,23 @@ impl TokenSource for OAuthRoute {
             route: self.name.clone(),
         })
     }
+
+    async fn refused(&self, token: &AccessToken) {
+        let generation = self.generation();
+        let current = self.tokens().map(|tokens| tokens.access_token);
+        if current.as_ref() != Some(token) {
+            return; // Already replaced since this request took it.
+        }
+        tracing::info!(route = %self.name, "upstream refused the access token; refreshing");
+        if let Err(error) = refresher::refresh(self, generation).await {
+            tracing::warn!(route = %self.name, %error, "refresh after a refused token failed");
+        }
+    }
+
+    fn give_up(&self, reason: &str) -> Result<(), TokenError> {
+        self.needs_sign_in(reason);
+        Err(self.sign_in_error(reason.to_owned()))
+    }
 }
 
 /// The MCP endpoint of an upstream base URL: the base itself when it already names an MCP

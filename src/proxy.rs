@@ -48,9 +48,24 @@ pub(crate) struct RequestCtx {
     route: Option<Arc<Route>>,
     upstream_url: Option<Url>,
     token: Option<AccessToken>,
+    /// Where the upstream's rejection of our token stands for this request.
+    rejection: Rejection,
+    /// Why the route has no token, when that turned out only after the request began.
+    sign_in: Option<TokenError>,
     /// Set when the gateway answered the request itself.
     answered: Option<u16>,
     _inflight: InflightGuard,
+}
+
+/// An OAuth route's token refused by the upstream (401) is refreshed and the request sent
+/// once more, invisibly to the client; a second refusal is answered as "needs sign-in".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rejection {
+    None,
+    /// The upstream refused the token; the retry has not started yet.
+    RetryPending,
+    /// The request is on its retry with a refreshed token.
+    Retried,
 }
 
 #[async_trait]
@@ -63,6 +78,8 @@ impl ProxyHttp for GatewayProxy {
             route: None,
             upstream_url: None,
             token: None,
+            rejection: Rejection::None,
+            sign_in: None,
             answered: None,
             _inflight: self.shared.inflight.enter(),
         }
@@ -98,8 +115,12 @@ impl ProxyHttp for GatewayProxy {
     ) -> pingora::Result<Box<HttpPeer>> {
         let route = ctx
             .route
-            .as_ref()
+            .clone()
             .ok_or_else(|| Error::new(ErrorType::InternalError))?;
+        if ctx.rejection == Rejection::RetryPending {
+            ctx.rejection = Rejection::Retried;
+            self.renew_token(&route, ctx).await?;
+        }
         let peer =
             route.upstream.peer(false).await.map_err(|e| {
                 Error::because(ErrorType::ConnectNoRoute, "resolving the upstream", e)
@@ -134,12 +155,95 @@ impl ProxyHttp for GatewayProxy {
         Ok(())
     }
 
+    /// Catches the upstream's 401 on an OAuth route before the client sees it: the first
+    /// one becomes a retry (with a refreshed token), a second one a "needs sign-in" answer.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let oauth = ctx
+            .route
+            .as_ref()
+            .is_some_and(|route| route.tokens.kind() == "oauth");
+        if upstream_response.status != http::StatusCode::UNAUTHORIZED || !oauth {
+            return Ok(());
+        }
+        match ctx.rejection {
+            Rejection::None => {
+                ctx.rejection = Rejection::RetryPending;
+                let mut error =
+                    Error::explain(ErrorType::HTTPStatus(401), "upstream refused the token");
+                error.set_retry(true);
+                Err(error)
+            }
+            _ => {
+                let route = ctx.route.as_ref().map_or("", |route| route.name.as_str());
+                tracing::warn!(
+                    route,
+                    "upstream refused a refreshed token; the route needs sign-in"
+                );
+                if let Some(route) = &ctx.route {
+                    ctx.sign_in = route
+                        .tokens
+                        .give_up("the upstream refused the refreshed token")
+                        .err();
+                }
+                Error::e_explain(
+                    ErrorType::HTTPStatus(401),
+                    "upstream refused the refreshed token",
+                )
+            }
+        }
+    }
+
+    /// Keeps the retry that [`Self::upstream_response_filter`] asked for (pingora would
+    /// otherwise refuse to retry a `POST`) as long as the request body could be replayed.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        if ctx.rejection == Rejection::RetryPending && replayable {
+            e.set_retry(true);
+        } else if !session.req_header().method.is_idempotent() || !replayable {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if ctx.rejection == Rejection::RetryPending {
+            // The body was too large to replay: refresh now and let the client send it again.
+            let status = self.refused_without_retry(session, ctx).await;
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
+        if let Some(error) = ctx.sign_in.take() {
+            let status = match &ctx.route {
+                Some(route) => self.no_token(session, route, &error).await.unwrap_or(0),
+                None => 0,
+            };
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
         let status = match e.esource() {
             pingora::ErrorSource::Upstream => {
                 let route = ctx.route.as_ref().map_or("", |route| route.name.as_str());
@@ -202,6 +306,42 @@ impl ProxyHttp for GatewayProxy {
 }
 
 impl GatewayProxy {
+    /// Answers a request whose refused token could not be retried (its body was larger than
+    /// pingora's replay buffer): the token is refreshed, and the client asked to send again.
+    async fn refused_without_retry(&self, session: &mut Session, ctx: &mut RequestCtx) -> u16 {
+        let Some(route) = ctx.route.clone() else {
+            return 0;
+        };
+        if let Some(refused) = &ctx.token {
+            route.tokens.refused(refused).await;
+        }
+        let message = format!(
+            "route '{}': the upstream refused the token and the request was too large to resend; \
+             the token has been refreshed: send the request again",
+            route.name
+        );
+        let mut body = reply::error_body("token_refreshed", message);
+        body["route"] = route.name.clone().into();
+        reply::json(session, 503, &body).await.unwrap_or(0)
+    }
+
+    /// Replaces the token the upstream refused with a refreshed one.
+    async fn renew_token(&self, route: &Route, ctx: &mut RequestCtx) -> pingora::Result<()> {
+        if let Some(refused) = &ctx.token {
+            route.tokens.refused(refused).await;
+        }
+        match route.tokens.bearer().await {
+            Ok(token) => {
+                ctx.token = token;
+                Ok(())
+            }
+            Err(error) => {
+                ctx.sign_in = Some(error);
+                Error::e_explain(ErrorType::HTTPStatus(401), "no token after a refresh")
+            }
+        }
+    }
+
     /// Checks the caller and fetches the route's token; answers here when the request cannot
     /// go on, or when it is an event stream (relayed by [`stream::relay`]).
     async fn prepare(
@@ -242,20 +382,12 @@ impl GatewayProxy {
         tracing::debug!(route = %route.name, reason = %error, "no upstream token");
         // A JSON-RPC request gets a JSON-RPC answer the client shows to its user (and a tool
         // call a tool result the model can read); anything else gets a plain JSON error.
-        if let Some(message) = jsonrpc::read_request(session).await
+        if let Some(message) = jsonrpc::request_body(session).await
             && let Some(answer) = jsonrpc::sign_in_answer(&message, &error.to_string())
         {
             return reply::json(session, 200, &answer).await;
         }
-        let (status, code) = match error {
-            TokenError::NeedsSignIn { .. } => (401, "needs_sign_in"),
-            _ => (503, "token_unavailable"),
-        };
-        let mut body = reply::error_body(code, error.to_string());
-        body["route"] = route.name.clone().into();
-        if let TokenError::NeedsSignIn { sign_in_url, .. } = error {
-            body["sign_in_url"] = sign_in_url.clone().into();
-        }
+        let (status, body) = reply::no_token(&route.name, error);
         reply::json(session, status, &body).await
     }
 

@@ -70,6 +70,16 @@ pub(crate) trait TokenSource: Send + Sync + fmt::Debug {
 
     /// The token to send upstream now; `None` when the route sends no credentials.
     async fn bearer(&self) -> Result<Option<AccessToken>, TokenError>;
+
+    /// The upstream refused `token`: refresh it if it is still the current one. Sources that
+    /// cannot renew a token do nothing.
+    async fn refused(&self, _token: &AccessToken) {}
+
+    /// The upstream refused even a renewed token: stop offering tokens until a person signs
+    /// in again, and say so.
+    fn give_up(&self, _reason: &str) -> Result<(), TokenError> {
+        Ok(())
+    }
 }
 
 /// A token fixed at start-up.

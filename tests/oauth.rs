@@ -548,3 +548,100 @@ async fn signing_out_needs_a_same_origin_request() {
     let (_, answer) = initialize(&gateway).await;
     assert_eq!(answer["error"]["code"], -32001, "{answer}");
 }
+
+/// POSTs a `tools/call` of `echo` in session `session`; returns the status and JSON answer.
+async fn echo_call(gateway: &TestGateway, session: &str, text: &str) -> (u16, Value) {
+    let response = browser()
+        .post(format!("{}/up/mcp", gateway.url()))
+        .header("accept", "application/json")
+        .header("mcp-session-id", session)
+        .json(&json!({"jsonrpc":"2.0","id":3,"method":"tools/call",
+            "params":{"name":"echo","arguments":{"text": text}}}))
+        .send()
+        .await
+        .expect("call");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn session_id(gateway: &TestGateway) -> String {
+    let response = browser()
+        .post(format!("{}/up/mcp", gateway.url()))
+        .header("accept", "application/json")
+        .json(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+            "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}))
+        .send()
+        .await
+        .expect("initialize");
+    response.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_token_is_refreshed_and_the_request_retried_with_its_body() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = oauth_gateway(&upstream, "");
+    assert_eq!(sign_in(&gateway).await.0, 200);
+    let session = session_id(&gateway).await;
+    let oauth = upstream.oauth();
+    oauth.expire_access_tokens();
+
+    let text = "x".repeat(20_000);
+    let (status, answer) = echo_call(&gateway, &session, &text).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["result"]["content"][0]["text"], text.as_str());
+    assert_eq!(oauth.refresh_requests(), 1);
+
+    // The listening stream takes the same path.
+    oauth.expire_access_tokens();
+    let stream = browser()
+        .get(format!("{}/up/mcp", gateway.url()))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(stream.status(), 200);
+    assert_eq!(oauth.refresh_requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_token_that_cannot_be_refreshed_asks_for_sign_in() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = oauth_gateway(&upstream, "");
+    assert_eq!(sign_in(&gateway).await.0, 200);
+    let session = session_id(&gateway).await;
+    let oauth = upstream.oauth();
+    oauth.expire_access_tokens();
+    oauth.revoke_refresh_tokens();
+
+    let (status, answer) = echo_call(&gateway, &session, "hello").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["id"], 3);
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    let text = answer["result"]["content"][0]["text"]
+        .as_str()
+        .expect("text");
+    assert!(text.contains("/auth/up/start"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_token_on_a_body_too_large_to_replay_is_refreshed_for_the_next_try() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = oauth_gateway(&upstream, "");
+    assert_eq!(sign_in(&gateway).await.0, 200);
+    let session = session_id(&gateway).await;
+    let oauth = upstream.oauth();
+    oauth.expire_access_tokens();
+
+    let text = "y".repeat(200_000);
+    let (status, answer) = echo_call(&gateway, &session, &text).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"], "token_refreshed");
+    assert_eq!(oauth.refresh_requests(), 1);
+    let (status, answer) = echo_call(&gateway, &session, &text).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["result"]["content"][0]["text"], text.as_str());
+}

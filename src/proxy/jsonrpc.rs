@@ -13,9 +13,10 @@ const MAX_BODY: usize = 1 << 20;
 /// The JSON-RPC error code for "authentication required" (server-defined range).
 const NEEDS_SIGN_IN: i64 = -32001;
 
-/// Reads the client's JSON body when the request is a `POST` of JSON; `None` otherwise, or
-/// when the body is too large or not JSON.
-pub(crate) async fn read_request(session: &mut Session) -> Option<Value> {
+/// The client's JSON body when the request is a `POST` of JSON; `None` otherwise, or when
+/// the body is too large or not JSON. A body already sent upstream is taken from pingora's
+/// retry buffer.
+pub(crate) async fn request_body(session: &mut Session) -> Option<Value> {
     let request = session.req_header();
     let is_json = request
         .headers
@@ -31,6 +32,9 @@ pub(crate) async fn read_request(session: &mut Session) -> Option<Value> {
         if body.len() > MAX_BODY {
             return None;
         }
+    }
+    if body.is_empty() && !session.as_ref().retry_buffer_truncated() {
+        body.extend_from_slice(&session.as_ref().get_retry_buffer()?);
     }
     serde_json::from_slice(&body).ok()
 }

@@ -11,6 +11,8 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 use serde_json::json;
 
+use crate::token::TokenError;
+
 /// Writes a complete JSON response; the returned status is for logging.
 pub(crate) async fn json(
     session: &mut Session,
@@ -32,6 +34,21 @@ pub(crate) async fn json(
 /// A JSON error body: a stable machine-readable code and a sentence for people.
 pub(crate) fn error_body(code: &str, message: impl Into<String>) -> serde_json::Value {
     json!({ "error": code, "message": message.into() })
+}
+
+/// The answer to a request on a route without a usable token: 401 with the sign-in URL when
+/// a person must sign in, 503 when a refresh is failing for now.
+pub(crate) fn no_token(route: &str, error: &TokenError) -> (u16, serde_json::Value) {
+    let (status, code) = match error {
+        TokenError::NeedsSignIn { .. } => (401, "needs_sign_in"),
+        _ => (503, "token_unavailable"),
+    };
+    let mut body = error_body(code, error.to_string());
+    body["route"] = route.into();
+    if let TokenError::NeedsSignIn { sign_in_url, .. } = error {
+        body["sign_in_url"] = sign_in_url.clone().into();
+    }
+    (status, body)
 }
 
 /// What went wrong talking to an upstream, as a status and a sentence.

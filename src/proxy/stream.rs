@@ -24,7 +24,7 @@ use super::reply;
 use super::sse::{EndpointRewriter, SseScanner};
 use crate::gateway::Shared;
 use crate::route::Route;
-use crate::token::AccessToken;
+use crate::token::{AccessToken, TokenError};
 
 /// The comment written to a stream that has been idle for the keepalive interval.
 const KEEPALIVE: &[u8] = b": keepalive\n\n";
@@ -41,6 +41,30 @@ pub(crate) async fn relay(
         Ok(upstream) => upstream,
         Err(error) => return Ok(upstream_error_reply(session, shared, &route.name, &error).await),
     };
+    if refused(&upstream, route) {
+        // The same one-retry rule as for other requests: refresh, then ask once more.
+        upstream.shutdown().await;
+        if let Some(token) = token {
+            route.tokens.refused(token).await;
+        }
+        let token = match route.tokens.bearer().await {
+            Ok(token) => token,
+            Err(error) => return no_token(session, route, &error).await,
+        };
+        upstream = match open(session, shared, route, url, token.as_ref()).await {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                return Ok(upstream_error_reply(session, shared, &route.name, &error).await);
+            }
+        };
+        if refused(&upstream, route) {
+            let reason = "the upstream refused the refreshed token";
+            if let Err(error) = route.tokens.give_up(reason) {
+                upstream.shutdown().await;
+                return no_token(session, route, &error).await;
+            }
+        }
+    }
     let Some(mut response) = upstream.response_header().cloned() else {
         return Error::e_explain(ErrorType::InternalError, "upstream response header missing");
     };
@@ -146,6 +170,23 @@ impl Pump {
         let _ = session.write_response_body(Some(rest), true).await;
         StreamEnd::UpstreamFinished
     }
+}
+
+/// Whether the upstream answered an OAuth route's stream with 401.
+fn refused(upstream: &HttpSession, route: &Route) -> bool {
+    route.tokens.kind() == "oauth"
+        && upstream
+            .response_header()
+            .is_some_and(|header| header.status == http::StatusCode::UNAUTHORIZED)
+}
+
+async fn no_token(
+    session: &mut Session,
+    route: &Route,
+    error: &TokenError,
+) -> pingora::Result<u16> {
+    let (status, body) = reply::no_token(&route.name, error);
+    reply::json(session, status, &body).await
 }
 
 async fn write(session: &mut Session, bytes: Bytes) -> pingora::Result<()> {
