@@ -15,6 +15,7 @@ pub(crate) mod flow;
 pub(crate) mod refresher;
 pub(crate) mod registration;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -79,6 +80,8 @@ pub(crate) struct OAuthRoute {
     generation: AtomicU64,
     refresh_gate: tokio::sync::Mutex<()>,
     changed: tokio::sync::Notify,
+    /// Scopes the upstream asked for (`insufficient_scope`) beyond those requested so far.
+    required_scopes: RwLock<BTreeSet<String>>,
     discovered: tokio::sync::Mutex<Option<Arc<Discovered>>>,
 }
 
@@ -116,6 +119,7 @@ impl OAuthRoute {
             generation: AtomicU64::new(0),
             refresh_gate: tokio::sync::Mutex::new(()),
             changed: tokio::sync::Notify::new(),
+            required_scopes: RwLock::new(BTreeSet::new()),
             discovered: tokio::sync::Mutex::new(None),
         }
     }
@@ -187,6 +191,18 @@ impl OAuthRoute {
         );
         *cached = Some(Arc::clone(&found));
         Ok(found)
+    }
+
+    /// The scopes a new sign-in asks for: what discovery and the config say, plus any the
+    /// upstream has since asked for.
+    pub(crate) fn scopes_to_request(&self, discovered: &Discovered) -> Vec<String> {
+        let mut scopes = discovered.scopes_to_request(&self.overrides());
+        for scope in self.required_scopes.read().iter() {
+            if !scopes.contains(scope) {
+                scopes.push(scope.clone());
+            }
+        }
+        scopes
     }
 
     pub(crate) fn overrides(&self) -> DiscoveryOverrides {
@@ -276,6 +292,16 @@ impl TokenSource for OAuthRoute {
         if let Err(error) = refresher::refresh(self, generation).await {
             tracing::warn!(route = %self.name, %error, "refresh after a refused token failed");
         }
+    }
+
+    fn scope_required(&self, scope: &str) -> Option<TokenError> {
+        let mut required = self.required_scopes.write();
+        required.extend(scope.split_whitespace().map(str::to_owned));
+        Some(TokenError::InsufficientScope {
+            route: self.name.clone(),
+            scope: scope.to_owned(),
+            sign_in_url: self.sign_in_url.clone(),
+        })
     }
 
     fn give_up(&self, reason: &str) -> Result<(), TokenError> {

@@ -167,6 +167,9 @@ impl ProxyHttp for GatewayProxy {
             .route
             .as_ref()
             .is_some_and(|route| route.tokens.kind() == "oauth");
+        if upstream_response.status == http::StatusCode::FORBIDDEN && oauth {
+            return self.check_scope(upstream_response, ctx);
+        }
         if upstream_response.status != http::StatusCode::UNAUTHORIZED || !oauth {
             return Ok(());
         }
@@ -306,6 +309,31 @@ impl ProxyHttp for GatewayProxy {
 }
 
 impl GatewayProxy {
+    /// A 403 that says `insufficient_scope`: recorded for the next sign-in, and answered in
+    /// the client's terms; any other 403 passes through.
+    fn check_scope(&self, response: &ResponseHeader, ctx: &mut RequestCtx) -> pingora::Result<()> {
+        let challenge = response
+            .headers
+            .get_all(http::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .find_map(crate::oauth::discovery::parse_bearer_challenge);
+        let Some(challenge) =
+            challenge.filter(|c| c.error.as_deref() == Some("insufficient_scope"))
+        else {
+            return Ok(());
+        };
+        let (Some(route), Some(scope)) = (&ctx.route, challenge.scope) else {
+            return Ok(());
+        };
+        tracing::info!(route = %route.name, %scope, "upstream asks for more scope; the next sign-in requests it");
+        ctx.sign_in = route.tokens.scope_required(&scope);
+        match ctx.sign_in {
+            Some(_) => Error::e_explain(ErrorType::HTTPStatus(403), "insufficient scope"),
+            None => Ok(()),
+        }
+    }
+
     /// Answers a request whose refused token could not be retried (its body was larger than
     /// pingora's replay buffer): the token is refreshed, and the client asked to send again.
     async fn refused_without_retry(&self, session: &mut Session, ctx: &mut RequestCtx) -> u16 {

@@ -50,6 +50,15 @@ pub enum TokenError {
     },
     #[error("route '{route}': the upstream token could not be refreshed; try again shortly")]
     RefreshFailed { route: String },
+    #[error(
+        "route '{route}': the upstream requires the scope '{scope}', which the sign-in did not \
+         grant: sign in again at {sign_in_url} to grant it"
+    )]
+    InsufficientScope {
+        route: String,
+        scope: String,
+        sign_in_url: String,
+    },
     #[error("cannot read the token file {path}")]
     ReadFile {
         path: String,
@@ -74,6 +83,13 @@ pub(crate) trait TokenSource: Send + Sync + fmt::Debug {
     /// The upstream refused `token`: refresh it if it is still the current one. Sources that
     /// cannot renew a token do nothing.
     async fn refused(&self, _token: &AccessToken) {}
+
+    /// The upstream wants `scope` beyond what the token carries (`insufficient_scope`): the
+    /// answer for the client, and the next sign-in asks for it too. `None` when the source
+    /// cannot help.
+    fn scope_required(&self, _scope: &str) -> Option<TokenError> {
+        None
+    }
 
     /// The upstream refused even a renewed token: stop offering tokens until a person signs
     /// in again, and say so.

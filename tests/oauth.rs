@@ -645,3 +645,55 @@ async fn a_refused_token_on_a_body_too_large_to_replay_is_refreshed_for_the_next
     assert_eq!(status, 200);
     assert_eq!(answer["result"]["content"][0]["text"], text.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn insufficient_scope_is_explained_and_the_next_sign_in_asks_for_it() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = oauth_gateway(&upstream, "");
+    assert_eq!(sign_in(&gateway).await.0, 200);
+    let session = session_id(&gateway).await;
+    let admin_call = |session: String| {
+        let url = format!("{}/up/mcp", gateway.url());
+        async move {
+            browser()
+                .post(url)
+                .header("accept", "application/json")
+                .header("mcp-session-id", session)
+                .json(&json!({"jsonrpc":"2.0","id":4,"method":"tools/call",
+                    "params":{"name":"admin_echo","arguments":{"text":"hi"}}}))
+                .send()
+                .await
+                .expect("call")
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
+    };
+    let answer = admin_call(session.clone()).await;
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    let text = answer["result"]["content"][0]["text"]
+        .as_str()
+        .expect("text");
+    assert!(
+        text.contains("mcp:admin") && text.contains("/auth/up/start"),
+        "{text}"
+    );
+    // Other calls keep working with the tokens the route has.
+    assert_eq!(echo_call(&gateway, &session, "still fine").await.0, 200);
+
+    let start = browser()
+        .get(format!("{}/auth/up/start", gateway.url()))
+        .send()
+        .await
+        .expect("start");
+    let scope = query(&location(&start))["scope"].clone();
+    assert!(scope.split(' ').any(|s| s == "mcp:admin"), "{scope}");
+    assert!(scope.split(' ').any(|s| s == "mcp:read"), "{scope}");
+    assert_eq!(sign_in(&gateway).await.0, 200);
+    let session = session_id(&gateway).await;
+    let answer = admin_call(session).await;
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "admin: hi",
+        "{answer}"
+    );
+}

@@ -139,8 +139,8 @@ impl PendingFlows {
             .authorize_url(CsrfToken::new_random)
             .set_pkce_challenge(challenge)
             .add_scopes(
-                discovered
-                    .scopes_to_request(&route.overrides())
+                route
+                    .scopes_to_request(&discovered)
                     .into_iter()
                     .map(Scope::new),
             );

@@ -41,11 +41,14 @@ pub(crate) fn error_body(code: &str, message: impl Into<String>) -> serde_json::
 pub(crate) fn no_token(route: &str, error: &TokenError) -> (u16, serde_json::Value) {
     let (status, code) = match error {
         TokenError::NeedsSignIn { .. } => (401, "needs_sign_in"),
+        TokenError::InsufficientScope { .. } => (403, "insufficient_scope"),
         _ => (503, "token_unavailable"),
     };
     let mut body = error_body(code, error.to_string());
     body["route"] = route.into();
-    if let TokenError::NeedsSignIn { sign_in_url, .. } = error {
+    if let TokenError::NeedsSignIn { sign_in_url, .. }
+    | TokenError::InsufficientScope { sign_in_url, .. } = error
+    {
         body["sign_in_url"] = sign_in_url.clone().into();
     }
     (status, body)

@@ -33,6 +33,8 @@ use sha2::{Digest, Sha256};
 use super::{MockOptions, json_response, lock, new_session_id};
 
 /// How long an authorization code can be exchanged.
+/// The elevated scope the `admin_echo` tool needs; never granted unless asked for.
+pub(super) const ADMIN_SCOPE: &str = "mcp:admin";
 const CODE_LIFETIME: Duration = Duration::from_secs(60);
 
 const PRM_PATH: &str = "/.well-known/oauth-protected-resource";
@@ -219,6 +221,7 @@ struct AccessRecord {
     token: String,
     /// The sign-in this token descends from.
     family: u64,
+    scope: String,
     expires_at: Instant,
 }
 
@@ -311,6 +314,13 @@ impl OAuthState {
         grants.refresh.iter().map(|r| r.token.clone()).collect()
     }
 
+    /// The scope granted to an access token this AS issued; `None` for any other token.
+    pub fn access_token_scope(&self, token: &str) -> Option<String> {
+        let grants = lock(&self.grants);
+        let record = grants.access.iter().find(|record| record.token == token)?;
+        Some(record.scope.clone())
+    }
+
     /// Makes each `POST /token` wait this long before it is handled (`None`: no wait).
     pub fn set_token_delay(&self, delay: Option<Duration>) {
         *lock(&self.token_delay) = delay;
@@ -364,6 +374,7 @@ impl Grants {
         self.access.push(AccessRecord {
             token: access_token.clone(),
             family: grant.family,
+            scope: grant.scope.clone(),
             expires_at: Instant::now() + ttl,
         });
         let mut body = json!({
@@ -515,13 +526,14 @@ impl AuthServer {
     }
 
     /// What a client gets when it asks for no scope: every supported scope but
-    /// `offline_access`, which only says a refresh token is wanted.
+    /// `offline_access`, which only says a refresh token is wanted, and the elevated
+    /// `mcp:admin`, which only a request that names it gets.
     fn default_scope(&self) -> String {
         let scopes = &self.options.scopes_supported;
         let granted: Vec<&str> = scopes
             .iter()
             .map(String::as_str)
-            .filter(|scope| *scope != "offline_access")
+            .filter(|scope| *scope != "offline_access" && *scope != ADMIN_SCOPE)
             .collect();
         granted.join(" ")
     }

@@ -123,7 +123,7 @@ impl Default for MockOptions {
             reject_resource: false,
             access_token_ttl: Duration::from_secs(3600),
             issue_refresh_tokens: true,
-            scopes_supported: ["mcp:read", "mcp:write", "offline_access"]
+            scopes_supported: ["mcp:read", "mcp:write", "mcp:admin", "offline_access"]
                 .map(String::from)
                 .into(),
             pkce_methods: vec!["S256".to_owned()],
@@ -364,6 +364,35 @@ struct App {
 }
 
 impl App {
+    /// A 403 `insufficient_scope` when the request's token is one the AS issued without
+    /// `mcp:admin` (the static token may do anything).
+    fn lacks_admin_scope(&self, headers: &HeaderMap) -> Option<Response> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())?
+            .strip_prefix("Bearer ")?;
+        let scope = self.state.oauth().access_token_scope(token)?;
+        if scope
+            .split(' ')
+            .any(|granted| granted == mock_oauth::ADMIN_SCOPE)
+        {
+            return None;
+        }
+        let challenge = format!(
+            "Bearer error=\"insufficient_scope\", scope=\"{}\"",
+            mock_oauth::ADMIN_SCOPE
+        );
+        let body = json!({"error": "insufficient_scope"});
+        Some(
+            (
+                StatusCode::FORBIDDEN,
+                [(header::WWW_AUTHENTICATE, challenge)],
+                axum::Json(body),
+            )
+                .into_response(),
+        )
+    }
+
     /// Resolves when the server is told to stop (or its handle is gone).
     fn stop_signal(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut stopped = self.stopped.clone();
@@ -491,6 +520,11 @@ async fn post_mcp(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
         }
     };
 
+    if request.is_tool_call("admin_echo")
+        && let Some(refusal) = app.lacks_admin_scope(&headers)
+    {
+        return refusal;
+    }
     let streams_progress = request.is_tool_call("slow_stream");
     let Some(format) = reply_format(&headers, app.options.json_responses, streams_progress) else {
         return StatusCode::NOT_ACCEPTABLE.into_response();
@@ -870,6 +904,11 @@ fn tool_list() -> Value {
             "description": "Returns the Authorization header this server received.",
             "inputSchema": {"type": "object", "properties": {}},
         },
+        {
+            "name": "admin_echo",
+            "description": "Echoes `text`; needs the mcp:admin scope.",
+            "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+        },
     ])
 }
 
@@ -880,6 +919,13 @@ fn call_tool(params: &Value, context: &CallContext) -> Result<Value, (i64, Strin
             None => Err((-32602, "echo needs a string argument `text`".to_owned())),
         },
         "whoami" => Ok(text_content(&context.authorization)),
+        "admin_echo" => match params["arguments"]["text"].as_str() {
+            Some(text) => Ok(text_content(&format!("admin: {text}"))),
+            None => Err((
+                -32602,
+                "admin_echo needs a string argument `text`".to_owned(),
+            )),
+        },
         other => Err((-32602, format!("unknown tool: {other}"))),
     }
 }
