@@ -145,6 +145,10 @@ pub(crate) struct OAuthSettings {
     /// A client registered with the authorization server beforehand; otherwise the gateway
     /// registers itself dynamically.
     pub(crate) client: Option<PreregisteredClient>,
+    /// This gateway's Client ID Metadata Document, used as the client id where the
+    /// authorization server supports such documents: an absolute URL, or a path under
+    /// `/oauth/` that the gateway serves itself at its public URL.
+    pub(crate) client_metadata_url: Option<String>,
     pub(crate) scopes: Option<Vec<String>>,
     /// The RFC 8707 resource to ask tokens for; discovered when absent.
     pub(crate) resource: Option<String>,
@@ -165,6 +169,7 @@ impl Default for OAuthSettings {
     fn default() -> Self {
         Self {
             client: None,
+            client_metadata_url: None,
             scopes: None,
             resource: None,
             send_resource: true,
@@ -398,6 +403,11 @@ pub(crate) enum FieldErrorKind {
 
     #[error("{method} needs client_secret_env or client_secret_file")]
     ClientSecretMissing { method: &'static str },
+
+    #[error(
+        "`{value}`: a path here must be under /oauth/ (the gateway serves it) and have no query"
+    )]
+    MetadataPath { value: String },
 
     /// Only the variable's name is shown, never a value.
     #[error("environment variable {var} is not set or is empty")]

@@ -36,6 +36,9 @@ pub(crate) async fn serve(session: &mut Session, shared: &Shared) -> pingora::Re
         (&Method::GET, ["auth", route, "start"]) => start_sign_in(session, shared, route).await,
         (&Method::POST, ["auth", route, "clear"]) => sign_out(session, shared, route).await,
         (&Method::GET, ["oauth", "callback"]) => callback(session, shared).await,
+        (&Method::GET, _) if let Some(document) = metadata_document(shared, &path) => {
+            reply::json(session, 200, &document).await
+        }
         _ => {
             let body =
                 reply::error_body("not_found", format!("{path} is not a page of this gateway"));
@@ -111,6 +114,18 @@ async fn metrics(session: &mut Session, shared: &Shared) -> pingora::Result<u16>
         .await?;
     session.write_response_body(Some(body), true).await?;
     Ok(200)
+}
+
+/// The Client ID Metadata Document served at `path`, if a route's `client_metadata_url`
+/// points at this gateway there.
+fn metadata_document(shared: &Shared, path: &str) -> Option<serde_json::Value> {
+    let ours = shared.public_url.origin();
+    shared.oauth.values().find_map(|route| {
+        let url = route.client_metadata_url.as_ref()?;
+        (url.origin() == ours && url.path() == path)
+            .then(|| crate::oauth::registration::metadata_document(route))
+            .flatten()
+    })
 }
 
 fn oauth_route<'a>(shared: &'a Shared, name: &str) -> Option<&'a Arc<OAuthRoute>> {

@@ -74,6 +74,8 @@ pub(crate) struct OAuthRoute {
     pub(crate) redirect_uri: Url,
     /// `{public_url}/auth/{route}/start`.
     pub(crate) sign_in_url: String,
+    /// The Client ID Metadata Document's URL, made absolute against the public URL.
+    pub(crate) client_metadata_url: Option<Url>,
     tokens: RwLock<Option<StoredTokens>>,
     status: RwLock<SlotStatus>,
     /// Bumped whenever new tokens are installed, so waiters can tell a refresh happened.
@@ -102,8 +104,13 @@ impl OAuthRoute {
         let base = public_url.as_str().trim_end_matches('/');
         let redirect_uri = Url::parse(&format!("{base}/oauth/callback"))
             .expect("a valid public URL plus a path is a valid URL");
+        let client_metadata_url = settings
+            .client_metadata_url
+            .as_deref()
+            .and_then(|url| public_url.join(url).ok());
         Self {
             sign_in_url: format!("{base}/auth/{name}/start"),
+            client_metadata_url,
             name,
             mcp_url,
             settings,

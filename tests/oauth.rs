@@ -697,3 +697,57 @@ async fn insufficient_scope_is_explained_and_the_next_sign_in_asks_for_it() {
         "{answer}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_metadata_document_replaces_registration_where_supported() {
+    let upstream = MockUpstream::start(MockOptions {
+        client_metadata_documents: true,
+        ..Default::default()
+    })
+    .await;
+    // The document is served by the gateway itself, at a path under its public URL.
+    let gateway = start(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+dir = "{{dir}}/store"
+[[routes]]
+name = "up"
+prefix = "/up"
+upstream = "{}"
+[routes.auth]
+client_metadata_url = "/oauth/client-metadata.json"
+"#,
+            upstream.base_url()
+        ),
+        &[],
+    );
+    let public_url = gateway.url().replace("127.0.0.1", "localhost");
+    let document_url = format!("{public_url}/oauth/client-metadata.json");
+    let document: Value = reqwest::get(&document_url)
+        .await
+        .expect("document")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(document["client_id"], document_url);
+    assert_eq!(
+        document["redirect_uris"][0],
+        format!("{public_url}/oauth/callback")
+    );
+
+    let (status, page) = sign_in(&gateway).await;
+    assert_eq!(status, 200, "{page}");
+    let oauth = upstream.oauth();
+    assert_eq!(
+        oauth.fetched_metadata_documents(),
+        vec![document_url.clone()]
+    );
+    assert!(
+        oauth.registered_clients().is_empty(),
+        "no dynamic registration"
+    );
+    assert_eq!(initialize(&gateway).await.0, 200);
+}

@@ -29,11 +29,13 @@ pub(super) fn check(
     let authorization_endpoint = endpoint("authorization_endpoint", &raw.authorization_endpoint);
     let token_endpoint = endpoint("token_endpoint", &raw.token_endpoint);
     let registration_endpoint = endpoint("registration_endpoint", &raw.registration_endpoint);
+    let client_metadata_url = metadata_url(index, raw, checker);
     let flag = |value: &Option<Spanned<bool>>, default: bool| {
         value.as_ref().map_or(default, |value| *value.get_ref())
     };
     Some(OAuthSettings {
         client: client?,
+        client_metadata_url: client_metadata_url?,
         scopes: raw.scopes.as_ref().map(|scopes| scopes.get_ref().clone()),
         resource: raw
             .resource
@@ -51,6 +53,40 @@ pub(super) fn check(
             .map(|params| params.get_ref().clone().into_iter().collect())
             .unwrap_or_default(),
     })
+}
+
+/// `client_metadata_url`: an absolute http(s) URL, or a path under `/oauth/` (served by the
+/// gateway at its public URL). `Some(None)` when absent.
+fn metadata_url(index: usize, raw: &RawAuth, checker: &mut Checker<'_>) -> Option<Option<String>> {
+    let Some(value) = &raw.client_metadata_url else {
+        return Some(None);
+    };
+    let text = value.get_ref();
+    if text.starts_with('/') {
+        if text.starts_with("/oauth/") && !text.contains(['?', '#']) {
+            return Some(Some(text.clone()));
+        }
+        let kind = FieldErrorKind::MetadataPath {
+            value: text.clone(),
+        };
+        checker.fail(
+            format!("routes[{index}].auth.client_metadata_url"),
+            Some(value.span()),
+            kind,
+        );
+        return None;
+    }
+    match http_url(text) {
+        Ok(url) => Some(Some(url.to_string())),
+        Err(kind) => {
+            checker.fail(
+                format!("routes[{index}].auth.client_metadata_url"),
+                Some(value.span()),
+                kind,
+            );
+            None
+        }
+    }
 }
 
 /// The pre-registered client, if any: `Some(None)` when the gateway registers itself.

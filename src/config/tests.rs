@@ -982,3 +982,63 @@ fn explicit_config_that_does_not_exist_is_an_io_error() {
     assert!(error.to_string().contains("missing.toml"));
     assert!(std::error::Error::source(&error).is_some());
 }
+
+#[test]
+fn oauth_keys_are_parsed_into_settings() {
+    let text = with_auth(
+        "client_id = \"gw\"\nclient_secret_file = \"/etc/hostname\"\ntoken_endpoint_auth_method = \"client_secret_post\"\n\
+         scopes = [\"a\", \"b\"]\nsend_resource = false\nallow_issuer_mismatch = true\n\
+         client_metadata_url = \"/oauth/client.json\"\nauthorize_params = { prompt = \"consent\" }",
+    );
+    let config = load_ok(&text);
+    let RouteAuth::OAuth(settings) = &config.routes[0].auth else {
+        panic!("an OAuth route");
+    };
+    let client = settings.client.as_ref().expect("a configured client");
+    assert_eq!(client.client_id, "gw");
+    assert_eq!(
+        client.auth_method,
+        super::ClientAuthMethod::ClientSecretPost
+    );
+    assert_eq!(
+        settings.scopes.as_deref(),
+        Some(&["a".to_owned(), "b".to_owned()][..])
+    );
+    assert!(!settings.send_resource && settings.allow_issuer_mismatch);
+    assert_eq!(
+        settings.client_metadata_url.as_deref(),
+        Some("/oauth/client.json")
+    );
+    assert_eq!(
+        settings.authorize_params,
+        vec![("prompt".to_owned(), "consent".to_owned())]
+    );
+}
+
+#[test]
+fn oauth_keys_are_refused_where_they_cannot_apply() {
+    let on_bearer = with_auth("kind = \"bearer\"\ntoken_env = \"HOME\"\nclient_id = \"x\"");
+    let error = field_error(&on_bearer);
+    assert!(
+        error.contains("routes[0].auth.client_id")
+            && error.contains("only applies to kind = \"oauth\""),
+        "{error}"
+    );
+
+    let bad_path = with_auth("client_metadata_url = \"/elsewhere.json\"");
+    let error = field_error(&bad_path);
+    assert!(
+        error.contains("routes[0].auth.client_metadata_url") && error.contains("/oauth/"),
+        "{error}"
+    );
+
+    let secret_without_id = with_auth("client_secret_env = \"HOME\"");
+    assert!(field_error(&secret_without_id).contains("need a client_id"));
+
+    let method_without_secret =
+        with_auth("client_id = \"x\"\ntoken_endpoint_auth_method = \"client_secret_basic\"");
+    assert!(
+        field_error(&method_without_secret)
+            .contains("client_secret_basic needs client_secret_env or client_secret_file")
+    );
+}

@@ -1,11 +1,12 @@
 //! The gateway's OAuth client identity at a route's authorization server.
 //!
 //! In order of preference: a client the operator registered beforehand (from the route's
-//! config, its secret from an environment variable or a file), a registration saved in the
-//! slot's `client_info.json`, or a fresh dynamic client registration (RFC 7591) that is then
-//! saved. A saved registration made for another redirect URI or another issuer is dropped and
-//! made again; after the server answers `invalid_client`, [`forget`] drops it so that the next
-//! sign-in registers afresh.
+//! config, its secret from an environment variable or a file), the gateway's Client ID
+//! Metadata Document (its URL is the client id) where the authorization server supports
+//! those, a registration saved in the slot's `client_info.json`, or a fresh dynamic client
+//! registration (RFC 7591) that is then saved. A saved registration made for another
+//! redirect URI or another issuer is dropped and made again; after the server answers
+//! `invalid_client`, [`forget`] drops it so that the next sign-in registers afresh.
 
 use serde_json::json;
 
@@ -59,7 +60,18 @@ pub(crate) async fn ensure(
     if let Some(client) = preregistered(route)? {
         return Ok(client);
     }
-    if let Some(saved) = route.store.load_client(&route.slot).await? {
+    let saved = route.store.load_client(&route.slot).await?;
+    if let Some(client) = metadata_document_client(route, discovered) {
+        // Saved like any registration, so that refreshes use the client the tokens went to.
+        if saved
+            .as_ref()
+            .is_none_or(|saved| saved.client_id != client.client_id)
+        {
+            route.store.save_client(&route.slot, &client).await?;
+        }
+        return Ok(client);
+    }
+    if let Some(saved) = saved {
         if fits(route, discovered, &saved) {
             return Ok(saved);
         }
@@ -140,6 +152,37 @@ fn preregistered(route: &OAuthRoute) -> Result<Option<StoredClient>, Registratio
         token_endpoint_auth_method: Some(client.auth_method.as_str().to_owned()),
         issuer: None,
         extra: serde_json::Map::new(),
+    }))
+}
+
+/// The client whose id is the route's metadata document URL, where the authorization server
+/// supports Client ID Metadata Documents: nothing to register with the server.
+fn metadata_document_client(route: &OAuthRoute, discovered: &Discovered) -> Option<StoredClient> {
+    let url = route.client_metadata_url.as_ref()?;
+    if !discovered.auth_server.client_id_metadata_document_supported {
+        return None;
+    }
+    Some(StoredClient {
+        client_id: url.to_string(),
+        client_secret: None,
+        client_secret_expires_at: None,
+        redirect_uris: vec![route.redirect_uri.to_string()],
+        token_endpoint_auth_method: Some(ClientAuthMethod::None.as_str().to_owned()),
+        issuer: Some(discovered.auth_server.issuer.clone()),
+        extra: serde_json::Map::new(),
+    })
+}
+
+/// The Client ID Metadata Document that `route`'s `client_metadata_url` names.
+pub(crate) fn metadata_document(route: &OAuthRoute) -> Option<serde_json::Value> {
+    let url = route.client_metadata_url.as_ref()?;
+    Some(json!({
+        "client_id": url.as_str(),
+        "client_name": "mcp-u2m-gateway",
+        "redirect_uris": [route.redirect_uri.as_str()],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
     }))
 }
 

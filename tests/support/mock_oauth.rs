@@ -192,6 +192,8 @@ pub struct OAuthState {
 /// The AS's books, behind one lock so that each grant is checked and issued atomically.
 #[derive(Debug, Default)]
 struct Grants {
+    /// Client ID Metadata Documents fetched at authorization, by URL.
+    fetched_documents: Vec<String>,
     clients: Vec<RegisteredClient>,
     codes: HashMap<String, PendingCode>,
     access: Vec<AccessRecord>,
@@ -261,6 +263,11 @@ impl OAuthState {
     }
 
     /// Every client registered dynamically, revoked ones included, oldest first.
+    /// The Client ID Metadata Documents fetched so far, by URL, once per authorization.
+    pub fn fetched_metadata_documents(&self) -> Vec<String> {
+        lock(&self.grants).fetched_documents.clone()
+    }
+
     pub fn registered_clients(&self) -> Vec<RegisteredClient> {
         let grants = lock(&self.grants);
         let registered = grants.clients.iter().filter(|client| !client.preregistered);
@@ -608,6 +615,9 @@ async fn authorization_server_metadata(State(server): State<AuthServer>) -> Resp
     if server.options.dcr_enabled {
         metadata["registration_endpoint"] = json!(format!("{origin}{REGISTER_PATH}"));
     }
+    if server.options.client_metadata_documents {
+        metadata["client_id_metadata_document_supported"] = json!(true);
+    }
     if server.options.as_metadata == AsMetadataMode::OpenId {
         metadata["subject_types_supported"] = json!(["public"]);
         metadata["id_token_signing_alg_values_supported"] = json!(["RS256"]);
@@ -692,6 +702,9 @@ async fn authorize(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     lock(&server.state.grants).last_authorize = Some(params.clone().into_iter().collect());
+    if let Err(message) = server.adopt_metadata_document(&params).await {
+        return (StatusCode::BAD_REQUEST, message).into_response();
+    }
     let redirect_uri = match server.checked_redirect_uri(&params) {
         Ok(uri) => uri,
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
@@ -704,6 +717,59 @@ async fn authorize(
 }
 
 impl AuthServer {
+    /// A `client_id` that is a URL names its own metadata document: fetch it, check that it
+    /// describes that client and lists the redirect URI, and know the client from then on.
+    async fn adopt_metadata_document(
+        &self,
+        params: &HashMap<String, String>,
+    ) -> Result<(), String> {
+        let client_id = params.get("client_id").map_or("", String::as_str);
+        let is_url = client_id.starts_with("http://") || client_id.starts_with("https://");
+        if !self.options.client_metadata_documents || !is_url {
+            return Ok(());
+        }
+        let document: Value = async {
+            reqwest::get(client_id)
+                .await?
+                .error_for_status()?
+                .json()
+                .await
+        }
+        .await
+        .map_err(|error| format!("invalid_client: cannot fetch {client_id}: {error}"))?;
+        if document["client_id"] != client_id {
+            return Err(format!(
+                "invalid_client: the document at {client_id} names another client_id"
+            ));
+        }
+        let redirect_uris: Vec<String> = document["redirect_uris"]
+            .as_array()
+            .map(|uris| {
+                uris.iter()
+                    .filter_map(|uri| uri.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let redirect = params.get("redirect_uri").map_or("", String::as_str);
+        if !redirect_uris.iter().any(|uri| uri == redirect) {
+            return Err(format!(
+                "invalid_request: {redirect} is not in the client's metadata document"
+            ));
+        }
+        let mut grants = lock(&self.state.grants);
+        grants.fetched_documents.push(client_id.to_owned());
+        if !grants
+            .clients
+            .iter()
+            .any(|client| client.client_id == client_id)
+        {
+            grants
+                .clients
+                .push(PreregisteredClient::public(client_id).to_registered());
+        }
+        Ok(())
+    }
+
     /// The request's redirect URI if its client is known and registered that URI.
     fn checked_redirect_uri(&self, params: &HashMap<String, String>) -> Result<String, String> {
         let client_id = params.get("client_id").map_or("", String::as_str);

@@ -105,6 +105,9 @@ pub struct MockOptions {
     pub preregistered: Vec<PreregisteredClient>,
     /// Serve dynamic client registration at `/register`.
     pub dcr_enabled: bool,
+    /// Advertise and accept Client ID Metadata Documents: a `client_id` that is an http(s)
+    /// URL is fetched at authorization, and its `redirect_uris` decide.
+    pub client_metadata_documents: bool,
     /// Make each `POST /token` wait this long; also settable with
     /// [`OAuthState::set_token_delay`].
     pub token_delay: Option<Duration>,
@@ -130,6 +133,7 @@ impl Default for MockOptions {
             deny_authorization: false,
             preregistered: Vec::new(),
             dcr_enabled: true,
+            client_metadata_documents: false,
             token_delay: None,
         }
     }
