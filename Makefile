@@ -8,9 +8,10 @@ CONFIG ?= gateway.toml
 run: deps
 	cargo run --release -- serve --config $(CONFIG)
 
-## Run every test: unit, integration and the real-client interop tests.
+## Run every test: unit, integration, the real-client interop tests and the conformance suite.
 test: deps
 	scripts/interop-venv.sh >/dev/null
+	scripts/interop-node.sh >/dev/null
 	cargo test --all-targets
 
 ## Formatting and lints, as CI checks them.

@@ -6,29 +6,17 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 use support::gateway::single_route;
+use support::interop::{python, repo_file};
 use support::mock_upstream::{MockOptions, MockUpstream};
 
 const TOKEN: &str = "interop-upstream-token";
 
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("INTEROP_PYTHON") {
-        return python.into();
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/interop-venv/bin/python");
-    assert!(
-        venv.exists(),
-        "the Python MCP SDK venv is missing: run scripts/interop-venv.sh (the README's test command does)"
-    );
-    venv
-}
-
 fn run_client(transport: &str, url: &str) -> Value {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/python_client.py");
+    let script = repo_file("tests/interop/python_client.py");
     let output = Command::new(python())
         .arg(script)
         .args([

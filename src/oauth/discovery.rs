@@ -705,9 +705,20 @@ async fn origin_auth_server(
     let issuer = mcp_url.origin().ascii_serialization();
     let origin = at_path(mcp_url, "/");
     if let Ok(found) = fetch_auth_server_metadata(http, &origin).await {
+        // Before protected-resource metadata, the metadata at the MCP server's origin was
+        // that server's own and clients compared no issuer. An issuer on that same origin
+        // (an authorization server under a path, such as `/oauth`) is the server's own too;
+        // one on another origin is a mismatch like any other.
+        let expected = found
+            .document
+            .issuer
+            .as_deref()
+            .and_then(|found| Url::parse(found).ok())
+            .filter(|found| found.origin() == mcp_url.origin())
+            .map_or(issuer, |found| found.to_string());
         let document = found.as_document.clone();
         return Ok((
-            auth_server_from_metadata(found, &issuer, overrides)?,
+            auth_server_from_metadata(found, &expected, overrides)?,
             document,
         ));
     }
@@ -1478,6 +1489,25 @@ mod tests {
             other => panic!("unexpected error: {other}"),
         }
         assert!(error.to_string().contains("auth.allow_issuer_mismatch"));
+    }
+
+    #[tokio::test]
+    async fn origin_metadata_may_name_an_issuer_under_a_path_of_the_same_origin() {
+        let mcp = TestServer::start(|base| {
+            let metadata = as_metadata(&format!("{base}/oauth"));
+            vec![(OAUTH_WELL_KNOWN.to_owned(), json_doc(metadata))]
+        })
+        .await;
+
+        let found = run(&mcp.url("/mcp"), &DiscoveryOverrides::default())
+            .await
+            .expect("discovered");
+
+        assert_eq!(found.auth_server.issuer, format!("{}/oauth", mcp.base));
+        assert_eq!(
+            found.auth_server.token_endpoint.as_str(),
+            format!("{}/oauth/token", mcp.base)
+        );
     }
 
     #[tokio::test]

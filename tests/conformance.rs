@@ -1,0 +1,181 @@
+//! The official MCP conformance suite (`@modelcontextprotocol/conformance`) with the gateway
+//! as the OAuth client under test.
+//!
+//! For each client auth scenario the suite starts an MCP server and an authorization server
+//! on loopback and runs `tests/conformance/auth_client.py`, which starts the gateway binary
+//! with one OAuth route to that server, signs in through the gateway's own pages (following
+//! the redirects a browser would), and uses the route with the official Python SDK client.
+//! The suite records every request its servers saw and grades them; this test reads those
+//! grades and requires every check of every scenario below to pass, warnings included.
+//!
+//! Scenarios: the whole `auth` suite, the 2025-03-26 back-compat ones, and the draft ones an
+//! authorization-code client can take part in. The suite's `extensions` (client credentials,
+//! cross-app access) are machine-to-machine grants, which a gateway that signs people in
+//! does not use.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use support::interop::{conformance, node, python, repo_file};
+
+/// Every scenario this test must see graded, by suite.
+const SUITES: &[(&str, &[&str])] = &[
+    (
+        "auth",
+        &[
+            "auth/metadata-default",
+            "auth/metadata-var1",
+            "auth/metadata-var2",
+            "auth/metadata-var3",
+            "auth/basic-cimd",
+            "auth/scope-from-www-authenticate",
+            "auth/scope-from-scopes-supported",
+            "auth/scope-omitted-when-undefined",
+            "auth/scope-step-up",
+            "auth/scope-retry-limit",
+            "auth/token-endpoint-auth-basic",
+            "auth/token-endpoint-auth-post",
+            "auth/token-endpoint-auth-none",
+            "auth/pre-registration",
+        ],
+    ),
+    (
+        "backcompat",
+        &[
+            "auth/2025-03-26-oauth-metadata-backcompat",
+            "auth/2025-03-26-oauth-endpoint-fallback",
+        ],
+    ),
+    (
+        "draft",
+        &[
+            "auth/resource-mismatch",
+            "auth/offline-access-scope",
+            "auth/offline-access-not-supported",
+        ],
+    ),
+];
+
+/// The shape of the `-<timestamp>` the suite appends to each scenario's results directory.
+const TIMESTAMP_SUFFIX: &str = "-2026-12-03T23-46-38-073Z";
+
+/// One scenario's grades: how many checks passed, and each one that did not.
+#[derive(Debug, Default)]
+struct Grades {
+    passed: usize,
+    problems: Vec<String>,
+}
+
+/// Runs one suite; the suite writes `<out>/<scenario>-<timestamp>/checks.json` per scenario.
+fn run_suite(suite: &str, out: &Path) {
+    let client = format!(
+        "exec {} {} --gateway {}",
+        python().display(),
+        repo_file("tests/conformance/auth_client.py").display(),
+        env!("CARGO_BIN_EXE_mcp-u2m-gateway"),
+    );
+    let node = node();
+    let path = match std::env::var_os("PATH") {
+        Some(path) => format!("{}:{}", node.with_file_name("").display(), path.display()),
+        None => node.with_file_name("").display().to_string(),
+    };
+    let output = Command::new(&node)
+        .arg(conformance())
+        .args([
+            "client",
+            "--suite",
+            suite,
+            "--timeout",
+            "60000",
+            "--command",
+        ])
+        .arg(&client)
+        .arg("--output-dir")
+        .arg(out)
+        .env("PATH", path)
+        .output()
+        .expect("run the conformance suite");
+    // The exit status is the suite's verdict; the grades below say which checks made it.
+    println!(
+        "conformance {suite}: exit {:?}\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+/// Reads every scenario's grades under `out`.
+fn grades(out: &Path) -> BTreeMap<String, Grades> {
+    let mut found = BTreeMap::new();
+    for suite_dir in std::fs::read_dir(out).expect("results directory") {
+        let suite_dir = suite_dir.expect("entry").path();
+        for run in std::fs::read_dir(&suite_dir).expect("scenario results") {
+            let run = run.expect("entry").path();
+            let name = run
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            // `<scenario>-<timestamp>`, the timestamp as `2026-12-03T23-46-38-073Z`.
+            let scenario = &name[..name.len().saturating_sub(TIMESTAMP_SUFFIX.len())];
+            let prefix = suite_dir.file_name().expect("dir").to_string_lossy();
+            let key = format!("{prefix}/{scenario}");
+            let text = std::fs::read_to_string(run.join("checks.json")).expect("checks.json");
+            let checks: Vec<Value> = serde_json::from_str(&text).expect("checks are JSON");
+            let grades: &mut Grades = found.entry(key).or_default();
+            for check in checks {
+                match check["status"].as_str() {
+                    Some("SUCCESS") => grades.passed += 1,
+                    Some("FAILURE" | "WARNING") => grades.problems.push(format!(
+                        "{} {}: {}",
+                        check["status"].as_str().unwrap_or_default(),
+                        check["id"].as_str().unwrap_or_default(),
+                        check["errorMessage"]
+                            .as_str()
+                            .or(check["description"].as_str())
+                            .unwrap_or_default()
+                    )),
+                    _ => {}
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_gateway_passes_the_conformance_suites_client_auth_scenarios() {
+    let out = tempfile::tempdir().expect("tempdir");
+    for (suite, _) in SUITES {
+        run_suite(suite, out.path());
+    }
+    let graded = grades(out.path());
+
+    let mut failures = Vec::new();
+    for scenario in SUITES.iter().flat_map(|(_, scenarios)| scenarios.iter()) {
+        match graded.get(*scenario) {
+            None => failures.push(format!("{scenario}: not run")),
+            Some(grades) if grades.passed == 0 => {
+                failures.push(format!("{scenario}: no check passed"))
+            }
+            Some(grades) => {
+                println!(
+                    "{scenario}: {} passed, {} failed",
+                    grades.passed,
+                    grades.problems.len()
+                );
+                for problem in &grades.problems {
+                    failures.push(format!("{scenario}: {problem}"));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "conformance problems:\n{}",
+        failures.join("\n")
+    );
+}

