@@ -10,6 +10,7 @@
 pub(crate) mod headers;
 pub(crate) mod inbound;
 pub(crate) mod jsonrpc;
+pub(crate) mod replay;
 pub(crate) mod reply;
 pub(crate) mod sse;
 pub(crate) mod stream;
@@ -28,6 +29,7 @@ use url::Url;
 use crate::gateway::{InflightGuard, Shared};
 use crate::route::{Destination, Route};
 use crate::token::{AccessToken, TokenError};
+use replay::ReplayBody;
 
 /// The gateway's pingora application.
 #[derive(Debug)]
@@ -48,24 +50,16 @@ pub(crate) struct RequestCtx {
     route: Option<Arc<Route>>,
     upstream_url: Option<Url>,
     token: Option<AccessToken>,
-    /// Where the upstream's rejection of our token stands for this request.
-    rejection: Rejection,
+    /// The request body so far, on OAuth routes, for a resend after a refused token.
+    replay: Option<ReplayBody>,
+    /// The upstream refused the route's token (401): the gateway refreshes it and sends
+    /// the request once more itself, invisibly to the client.
+    token_refused: bool,
     /// Why the route has no token, when that turned out only after the request began.
     sign_in: Option<TokenError>,
     /// Set when the gateway answered the request itself.
     answered: Option<u16>,
     _inflight: InflightGuard,
-}
-
-/// An OAuth route's token refused by the upstream (401) is refreshed and the request sent
-/// once more, invisibly to the client; a second refusal is answered as "needs sign-in".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rejection {
-    None,
-    /// The upstream refused the token; the retry has not started yet.
-    RetryPending,
-    /// The request is on its retry with a refreshed token.
-    Retried,
 }
 
 #[async_trait]
@@ -78,7 +72,8 @@ impl ProxyHttp for GatewayProxy {
             route: None,
             upstream_url: None,
             token: None,
-            rejection: Rejection::None,
+            replay: None,
+            token_refused: false,
             sign_in: None,
             answered: None,
             _inflight: self.shared.inflight.enter(),
@@ -115,12 +110,8 @@ impl ProxyHttp for GatewayProxy {
     ) -> pingora::Result<Box<HttpPeer>> {
         let route = ctx
             .route
-            .clone()
+            .as_ref()
             .ok_or_else(|| Error::new(ErrorType::InternalError))?;
-        if ctx.rejection == Rejection::RetryPending {
-            ctx.rejection = Rejection::Retried;
-            self.renew_token(&route, ctx).await?;
-        }
         let peer =
             route.upstream.peer(false).await.map_err(|e| {
                 Error::because(ErrorType::ConnectNoRoute, "resolving the upstream", e)
@@ -145,6 +136,20 @@ impl ProxyHttp for GatewayProxy {
             .map_err(|e| Error::because(ErrorType::InternalError, "token is not a valid header", e))
     }
 
+    /// Keeps a copy of an OAuth route's request body on its way upstream, for a resend.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(replay) = &mut ctx.replay {
+            replay.keep(body.as_ref(), end_of_stream);
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -155,8 +160,8 @@ impl ProxyHttp for GatewayProxy {
         Ok(())
     }
 
-    /// Catches the upstream's 401 on an OAuth route before the client sees it: the first
-    /// one becomes a retry (with a refreshed token), a second one a "needs sign-in" answer.
+    /// Catches the upstream's 401 on an OAuth route before the client sees it: the request
+    /// ends here, and [`Self::fail_to_proxy`] refreshes the token and sends it once more.
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
@@ -173,36 +178,12 @@ impl ProxyHttp for GatewayProxy {
         if upstream_response.status != http::StatusCode::UNAUTHORIZED || !oauth {
             return Ok(());
         }
-        match ctx.rejection {
-            Rejection::None => {
-                ctx.rejection = Rejection::RetryPending;
-                let mut error =
-                    Error::explain(ErrorType::HTTPStatus(401), "upstream refused the token");
-                error.set_retry(true);
-                Err(error)
-            }
-            _ => {
-                let route = ctx.route.as_ref().map_or("", |route| route.name.as_str());
-                tracing::warn!(
-                    route,
-                    "upstream refused a refreshed token; the route needs sign-in"
-                );
-                if let Some(route) = &ctx.route {
-                    ctx.sign_in = route
-                        .tokens
-                        .give_up("the upstream refused the refreshed token")
-                        .err();
-                }
-                Error::e_explain(
-                    ErrorType::HTTPStatus(401),
-                    "upstream refused the refreshed token",
-                )
-            }
-        }
+        ctx.token_refused = true;
+        Error::e_explain(ErrorType::HTTPStatus(401), "upstream refused the token")
     }
 
-    /// Keeps the retry that [`Self::upstream_response_filter`] asked for (pingora would
-    /// otherwise refuse to retry a `POST`) as long as the request body could be replayed.
+    /// Pingora retries only idempotent requests whose body it could replay, and never one
+    /// whose token was refused: the gateway resends that one itself.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -213,9 +194,7 @@ impl ProxyHttp for GatewayProxy {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
         let replayable = !session.as_ref().retry_buffer_truncated();
-        if ctx.rejection == Rejection::RetryPending && replayable {
-            e.set_retry(true);
-        } else if !session.req_header().method.is_idempotent() || !replayable {
+        if ctx.token_refused || !session.req_header().method.is_idempotent() || !replayable {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);
@@ -229,17 +208,21 @@ impl ProxyHttp for GatewayProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        if ctx.rejection == Rejection::RetryPending {
-            // The body was too large to replay: refresh now and let the client send it again.
-            let status = self.refused_without_retry(session, ctx).await;
+        if ctx.token_refused {
+            let status = self.resend(session, ctx).await.unwrap_or(0);
             return FailToProxy {
                 error_code: status,
                 can_reuse_downstream: false,
             };
         }
         if let Some(error) = ctx.sign_in.take() {
-            let status = match &ctx.route {
-                Some(route) => self.no_token(session, route, &error).await.unwrap_or(0),
+            let status = match ctx.route.clone() {
+                Some(route) => {
+                    let body = self.replayed_message(session, ctx).await;
+                    self.answer_no_token(session, &route, &error, body)
+                        .await
+                        .unwrap_or(0)
+                }
                 None => 0,
             };
             return FailToProxy {
@@ -334,15 +317,58 @@ impl GatewayProxy {
         }
     }
 
-    /// Answers a request whose refused token could not be retried (its body was larger than
-    /// pingora's replay buffer): the token is refreshed, and the client asked to send again.
-    async fn refused_without_retry(&self, session: &mut Session, ctx: &mut RequestCtx) -> u16 {
-        let Some(route) = ctx.route.clone() else {
-            return 0;
+    /// Sends a request whose token the upstream refused once more, with a refreshed token and
+    /// the body kept by [`ReplayBody`]; returns the status sent to the client. A second
+    /// refusal means the route needs sign-in. A body too large to keep is not resent: the
+    /// client is asked to send the request again, which then goes out with the new token.
+    async fn resend(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<u16> {
+        let (Some(route), Some(url)) = (ctx.route.clone(), ctx.upstream_url.clone()) else {
+            return Error::e_explain(ErrorType::InternalError, "request without a route");
         };
         if let Some(refused) = &ctx.token {
             route.tokens.refused(refused).await;
         }
+        let body = match &mut ctx.replay {
+            Some(replay) => replay.complete(session).await,
+            None => None,
+        };
+        let message = body
+            .as_ref()
+            .and_then(|body| jsonrpc::parse_request(session.req_header(), body));
+        let Some(body) = body else {
+            return self.refreshed_without_resend(session, &route).await;
+        };
+        let token = match route.tokens.bearer().await {
+            Ok(token) => token,
+            Err(error) => return self.answer_no_token(session, &route, &error, message).await,
+        };
+        let resent =
+            stream::resend(session, &self.shared, &route, &url, token.as_ref(), body).await?;
+        if let Some(status) = resent {
+            return Ok(status);
+        }
+        tracing::warn!(route = %route.name, "upstream refused a refreshed token; the route needs sign-in");
+        let error = match route
+            .tokens
+            .give_up("the upstream refused the refreshed token")
+        {
+            Err(error) => error,
+            Ok(()) => {
+                let message = format!("route '{}': the upstream refused the token", route.name);
+                let body = reply::error_body("unauthorized", message);
+                return reply::json(session, 401, &body).await;
+            }
+        };
+        self.answer_no_token(session, &route, &error, message).await
+    }
+
+    /// Answers a request whose body was too large to keep for a resend: the token has been
+    /// refreshed, and the client is asked to send the request again.
+    async fn refreshed_without_resend(
+        &self,
+        session: &mut Session,
+        route: &Route,
+    ) -> pingora::Result<u16> {
         let message = format!(
             "route '{}': the upstream refused the token and the request was too large to resend; \
              the token has been refreshed: send the request again",
@@ -350,24 +376,17 @@ impl GatewayProxy {
         );
         let mut body = reply::error_body("token_refreshed", message);
         body["route"] = route.name.clone().into();
-        reply::json(session, 503, &body).await.unwrap_or(0)
+        reply::json(session, 503, &body).await
     }
 
-    /// Replaces the token the upstream refused with a refreshed one.
-    async fn renew_token(&self, route: &Route, ctx: &mut RequestCtx) -> pingora::Result<()> {
-        if let Some(refused) = &ctx.token {
-            route.tokens.refused(refused).await;
-        }
-        match route.tokens.bearer().await {
-            Ok(token) => {
-                ctx.token = token;
-                Ok(())
-            }
-            Err(error) => {
-                ctx.sign_in = Some(error);
-                Error::e_explain(ErrorType::HTTPStatus(401), "no token after a refresh")
-            }
-        }
+    /// The JSON-RPC message of a request already on its way upstream, from its kept body.
+    async fn replayed_message(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Option<serde_json::Value> {
+        let body = ctx.replay.as_mut()?.complete(session).await?;
+        jsonrpc::parse_request(session.req_header(), &body)
     }
 
     /// Checks the caller and fetches the route's token; answers here when the request cannot
@@ -388,9 +407,18 @@ impl GatewayProxy {
         }
         let token = match route.tokens.bearer().await {
             Ok(token) => token,
-            Err(error) => return self.no_token(session, &route, &error).await.map(Some),
+            Err(error) => {
+                let message = jsonrpc::request_body(session).await;
+                return self
+                    .answer_no_token(session, &route, &error, message)
+                    .await
+                    .map(Some);
+            }
         };
         let url = route.upstream_url(rest, session.req_header().uri.query());
+        if route.tokens.kind() == "oauth" {
+            ctx.replay = Some(ReplayBody::default());
+        }
         ctx.route = Some(Arc::clone(&route));
         if is_event_stream_get(session.req_header()) {
             let status = stream::relay(session, &self.shared, &route, &url, token.as_ref()).await?;
@@ -401,16 +429,19 @@ impl GatewayProxy {
         Ok(None)
     }
 
-    async fn no_token(
+    /// Tells the client that the route has no token for it, and where to sign in. `message`
+    /// is the request's JSON-RPC body, if it has one.
+    async fn answer_no_token(
         &self,
         session: &mut Session,
         route: &Route,
         error: &TokenError,
+        message: Option<serde_json::Value>,
     ) -> pingora::Result<u16> {
         tracing::debug!(route = %route.name, reason = %error, "no upstream token");
         // A JSON-RPC request gets a JSON-RPC answer the client shows to its user (and a tool
         // call a tool result the model can read); anything else gets a plain JSON error.
-        if let Some(message) = jsonrpc::request_body(session).await
+        if let Some(message) = message
             && let Some(answer) = jsonrpc::sign_in_answer(&message, &error.to_string())
         {
             return reply::json(session, 200, &answer).await;

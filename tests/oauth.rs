@@ -579,6 +579,27 @@ async fn session_id(gateway: &TestGateway) -> String {
         .to_owned()
 }
 
+/// POSTs the same `tools/call` as [`echo_call`], its body sent in 16 KiB chunks
+/// (`Transfer-Encoding: chunked`, no length known up front).
+async fn chunked_echo_call(gateway: &TestGateway, session: &str, text: &str) -> (u16, Value) {
+    let body = serde_json::to_vec(&json!({"jsonrpc":"2.0","id":3,"method":"tools/call",
+        "params":{"name":"echo","arguments":{"text": text}}}))
+    .expect("json");
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(16 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let response = browser()
+        .post(format!("{}/up/mcp", gateway.url()))
+        .header("accept", "application/json")
+        .header("content-type", "application/json")
+        .header("mcp-session-id", session)
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .expect("call");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_token_is_refreshed_and_the_request_retried_with_its_body() {
     let upstream = MockUpstream::start(MockOptions::default()).await;
@@ -586,13 +607,25 @@ async fn a_refused_token_is_refreshed_and_the_request_retried_with_its_body() {
     assert_eq!(sign_in(&gateway).await.0, 200);
     let session = session_id(&gateway).await;
     let oauth = upstream.oauth();
-    oauth.expire_access_tokens();
 
-    let text = "x".repeat(20_000);
-    let (status, answer) = echo_call(&gateway, &session, &text).await;
+    // Small and large bodies, with a length and chunked, all arrive whole on the resend.
+    let small = "x".repeat(20_000);
+    let large = "z".repeat(600_000);
+    oauth.expire_access_tokens();
+    let (status, answer) = echo_call(&gateway, &session, &small).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["result"]["content"][0]["text"], text.as_str());
+    assert_eq!(answer["result"]["content"][0]["text"], small.as_str());
     assert_eq!(oauth.refresh_requests(), 1);
+    oauth.expire_access_tokens();
+    let (status, answer) = echo_call(&gateway, &session, &large).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["result"]["content"][0]["text"], large.as_str());
+    assert_eq!(oauth.refresh_requests(), 2);
+    oauth.expire_access_tokens();
+    let (status, answer) = chunked_echo_call(&gateway, &session, &large).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["result"]["content"][0]["text"], large.as_str());
+    assert_eq!(oauth.refresh_requests(), 3);
 
     // The listening stream takes the same path.
     oauth.expire_access_tokens();
@@ -604,7 +637,7 @@ async fn a_refused_token_is_refreshed_and_the_request_retried_with_its_body() {
         .await
         .expect("get");
     assert_eq!(stream.status(), 200);
-    assert_eq!(oauth.refresh_requests(), 2);
+    assert_eq!(oauth.refresh_requests(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -628,7 +661,7 @@ async fn a_refused_token_that_cannot_be_refreshed_asks_for_sign_in() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_refused_token_on_a_body_too_large_to_replay_is_refreshed_for_the_next_try() {
+async fn a_refused_token_on_a_body_too_large_to_resend_is_refreshed_for_the_next_try() {
     let upstream = MockUpstream::start(MockOptions::default()).await;
     let gateway = oauth_gateway(&upstream, "");
     assert_eq!(sign_in(&gateway).await.0, 200);
@@ -636,7 +669,8 @@ async fn a_refused_token_on_a_body_too_large_to_replay_is_refreshed_for_the_next
     let oauth = upstream.oauth();
     oauth.expire_access_tokens();
 
-    let text = "y".repeat(200_000);
+    // Over the 1 MiB the gateway keeps for a resend.
+    let text = "y".repeat(1_100_000);
     let (status, answer) = echo_call(&gateway, &session, &text).await;
     assert_eq!(status, 503, "{answer}");
     assert_eq!(answer["error"], "token_refreshed");

@@ -4,6 +4,7 @@
 
 use bytes::BytesMut;
 use http::{Method, header};
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use serde_json::{Value, json};
 
@@ -13,17 +14,10 @@ const MAX_BODY: usize = 1 << 20;
 /// The JSON-RPC error code for "authentication required" (server-defined range).
 const NEEDS_SIGN_IN: i64 = -32001;
 
-/// The client's JSON body when the request is a `POST` of JSON; `None` otherwise, or when
-/// the body is too large or not JSON. A body already sent upstream is taken from pingora's
-/// retry buffer.
+/// The client's JSON body when the request is a `POST` of JSON, read from the client;
+/// `None` otherwise, or when the body is too large or not JSON.
 pub(crate) async fn request_body(session: &mut Session) -> Option<Value> {
-    let request = session.req_header();
-    let is_json = request
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/json"));
-    if request.method != Method::POST || !is_json {
+    if !is_json_post(session.req_header()) {
         return None;
     }
     let mut body = BytesMut::new();
@@ -33,10 +27,23 @@ pub(crate) async fn request_body(session: &mut Session) -> Option<Value> {
             return None;
         }
     }
-    if body.is_empty() && !session.as_ref().retry_buffer_truncated() {
-        body.extend_from_slice(&session.as_ref().get_retry_buffer()?);
-    }
     serde_json::from_slice(&body).ok()
+}
+
+/// `body` as JSON, when `request` is a `POST` of JSON.
+pub(crate) fn parse_request(request: &RequestHeader, body: &[u8]) -> Option<Value> {
+    is_json_post(request)
+        .then(|| serde_json::from_slice(body).ok())
+        .flatten()
+}
+
+fn is_json_post(request: &RequestHeader) -> bool {
+    let is_json = request
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    request.method == Method::POST && is_json
 }
 
 /// The answer to a request that cannot go upstream until someone signs in: a tool result

@@ -8,6 +8,9 @@
 //! the gateway, writes a keepalive comment when the stream has been idle for the configured
 //! interval (only between events), and ends the upstream stream as soon as the client goes
 //! away. There is no total timeout.
+//!
+//! The same loop relays the response to a request that the gateway sends a second time
+//! itself ([`resend`]), after the upstream refused the route's token and it was refreshed.
 
 use std::time::Duration;
 
@@ -37,7 +40,7 @@ pub(crate) async fn relay(
     url: &Url,
     token: Option<&AccessToken>,
 ) -> pingora::Result<u16> {
-    let mut upstream = match open(session, shared, route, url, token).await {
+    let mut upstream = match open(session, shared, route, url, token, None).await {
         Ok(upstream) => upstream,
         Err(error) => return Ok(upstream_error_reply(session, shared, &route.name, &error).await),
     };
@@ -51,7 +54,7 @@ pub(crate) async fn relay(
             Ok(token) => token,
             Err(error) => return no_token(session, route, &error).await,
         };
-        upstream = match open(session, shared, route, url, token.as_ref()).await {
+        upstream = match open(session, shared, route, url, token.as_ref(), None).await {
             Ok(upstream) => upstream,
             Err(error) => {
                 return Ok(upstream_error_reply(session, shared, &route.name, &error).await);
@@ -65,6 +68,48 @@ pub(crate) async fn relay(
             }
         }
     }
+    relay_response(session, shared, route, url, upstream, shared.keepalive).await
+}
+
+/// Sends a request once more with its whole `body`, after the upstream refused its token and
+/// the token was refreshed, and relays the response. `None` when the upstream refused the
+/// new token too: the caller gives up and asks for sign-in.
+pub(crate) async fn resend(
+    session: &mut Session,
+    shared: &Shared,
+    route: &Route,
+    url: &Url,
+    token: Option<&AccessToken>,
+    body: Bytes,
+) -> pingora::Result<Option<u16>> {
+    let mut upstream = match open(session, shared, route, url, token, Some(body)).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            return Ok(Some(
+                upstream_error_reply(session, shared, &route.name, &error).await,
+            ));
+        }
+    };
+    if refused(&upstream, route) {
+        upstream.shutdown().await;
+        return Ok(None);
+    }
+    // A request-scoped stream carries the upstream's own events; it gets no keepalives.
+    relay_response(session, shared, route, url, upstream, None)
+        .await
+        .map(Some)
+}
+
+/// Writes the upstream's response header to the client, then its body event by event (or
+/// chunk by chunk when it is not an event stream) until either side ends.
+async fn relay_response(
+    session: &mut Session,
+    shared: &Shared,
+    route: &Route,
+    url: &Url,
+    mut upstream: HttpSession,
+    keepalive: Option<Duration>,
+) -> pingora::Result<u16> {
     let Some(mut response) = upstream.response_header().cloned() else {
         return Error::e_explain(ErrorType::InternalError, "upstream response header missing");
     };
@@ -83,9 +128,9 @@ pub(crate) async fn relay(
     let mut pump = Pump {
         scanner: event_stream.then(SseScanner::new),
         rewriter,
-        keepalive: shared.keepalive.filter(|_| event_stream),
+        keepalive: keepalive.filter(|_| event_stream),
     };
-    let _open = shared.metrics.stream_opened(&route.name);
+    let _open = event_stream.then(|| shared.metrics.stream_opened(&route.name));
     match pump.run(session, &mut upstream).await {
         StreamEnd::UpstreamFailed(error) => {
             tracing::warn!(route = %route.name, error = error.as_str(), "upstream stream failed")
@@ -193,13 +238,15 @@ async fn write(session: &mut Session, bytes: Bytes) -> pingora::Result<()> {
     session.write_response_body(Some(bytes), false).await
 }
 
-/// Connects to the upstream, sends the request and reads the response header.
+/// Connects to the upstream, sends the request (with `body`, the whole of it, if any) and
+/// reads the response header.
 async fn open(
     session: &Session,
     shared: &Shared,
     route: &Route,
     url: &Url,
     token: Option<&AccessToken>,
+    body: Option<Bytes>,
 ) -> pingora::Result<HttpSession> {
     let peer = route
         .upstream
@@ -209,8 +256,16 @@ async fn open(
     let mut request = upstream_request(session.req_header(), url)?;
     headers::prepare_upstream(&mut request, route, token)
         .map_err(|e| Error::because(ErrorType::InternalError, "token is not a valid header", e))?;
+    if let Some(body) = &body {
+        // The body is sent in one piece now, whatever framing the client used.
+        request.remove_header(&http::header::TRANSFER_ENCODING);
+        request.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    }
     let (mut upstream, _reused) = shared.connector.get_http_session(&peer).await?;
     upstream.write_request_header(Box::new(request)).await?;
+    if let Some(body) = body.filter(|body| !body.is_empty()) {
+        upstream.write_request_body(body, true).await?;
+    }
     upstream.finish_request_body().await?;
     upstream.read_response_header().await?;
     Ok(upstream)
