@@ -75,6 +75,8 @@ pub(crate) struct ServerConfig {
     pub(crate) sse_keepalive: Option<Duration>,
     pub(crate) connect_timeout: Duration,
     pub(crate) read_timeout: Duration,
+    /// How long a person has between starting a sign-in and the callback.
+    pub(crate) sign_in_timeout: Duration,
     pub(crate) tls: Option<TlsConfig>,
     /// Running on Databricks Apps, which authenticates callers in front of the gateway
     /// and forwards their identity.

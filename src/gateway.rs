@@ -285,7 +285,7 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
         public_url: config.server.public_url.clone(),
         draining: AtomicBool::new(false),
         oauth,
-        flows: PendingFlows::default(),
+        flows: PendingFlows::new(config.server.sign_in_timeout),
     })
 }
 

@@ -209,6 +209,57 @@ async fn a_state_works_once_and_a_forged_one_never() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_sign_in_finished_too_late_is_refused_and_stores_nothing() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = start(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+sign_in_timeout_secs = 1
+[store]
+dir = "{{dir}}/store"
+[[routes]]
+name = "up"
+prefix = "/up"
+upstream = "{}"
+"#,
+            upstream.base_url()
+        ),
+        &[],
+    );
+    let start = browser()
+        .get(format!("{}/auth/up/start", gateway.url()))
+        .send()
+        .await
+        .expect("start");
+    let approved = browser()
+        .get(location(&start))
+        .send()
+        .await
+        .expect("authorize");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let late = browser()
+        .get(location(&approved))
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(late.status(), 400);
+    let page = late.text().await.expect("page");
+    assert!(
+        page.contains("expired (it must finish within 1 s"),
+        "{page}"
+    );
+    assert_eq!(upstream.state().oauth().token_requests(), 0);
+    let files = store_files(gateway.dir.path());
+    assert!(
+        !files.iter().any(|f| f.ends_with("_tokens.json")),
+        "{files:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_refused_authorization_shows_why_and_stores_nothing() {
     let upstream = MockUpstream::start(MockOptions {
         deny_authorization: true,

@@ -37,6 +37,7 @@ pub(super) struct RawServer {
     pub(super) sse_keepalive_secs: Option<u64>,
     pub(super) connect_timeout_secs: Option<Spanned<u64>>,
     pub(super) read_timeout_secs: Option<Spanned<u64>>,
+    pub(super) sign_in_timeout_secs: Option<Spanned<u64>>,
     pub(super) tls: Option<RawTls>,
 }
 

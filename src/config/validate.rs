@@ -23,6 +23,8 @@ const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOS
 const DEFAULT_SSE_KEEPALIVE_SECS: u64 = 15;
 const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
 const DEFAULT_READ_TIMEOUT_SECS: u64 = 300;
+/// Ten minutes to finish signing in, as the MCP clients' own OAuth flows allow.
+const DEFAULT_SIGN_IN_TIMEOUT_SECS: u64 = 600;
 
 /// Collects the broken rules of one file and resolves the paths written in it.
 pub(super) struct Checker<'a> {
@@ -127,6 +129,7 @@ pub(super) fn default_server(listen: SocketAddr, databricks: bool) -> ServerConf
         sse_keepalive: Some(Duration::from_secs(DEFAULT_SSE_KEEPALIVE_SECS)),
         connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
         read_timeout: Duration::from_secs(DEFAULT_READ_TIMEOUT_SECS),
+        sign_in_timeout: Duration::from_secs(DEFAULT_SIGN_IN_TIMEOUT_SECS),
         tls: None,
         databricks,
     }
@@ -153,6 +156,12 @@ fn server(raw: RawServer, checker: &mut Checker<'_>) -> Option<ServerConfig> {
         DEFAULT_READ_TIMEOUT_SECS,
         checker,
     );
+    let sign_in_timeout = timeout(
+        "server.sign_in_timeout_secs",
+        raw.sign_in_timeout_secs.as_ref(),
+        DEFAULT_SIGN_IN_TIMEOUT_SECS,
+        checker,
+    );
 
     // Only meaningful once the address and the keys are known to be well-formed.
     if let (Some(listen), Some(keys)) = (listen, &api_keys) {
@@ -174,6 +183,7 @@ fn server(raw: RawServer, checker: &mut Checker<'_>) -> Option<ServerConfig> {
         sse_keepalive: (keepalive_secs > 0).then(|| Duration::from_secs(keepalive_secs)),
         connect_timeout: connect_timeout?,
         read_timeout: read_timeout?,
+        sign_in_timeout: sign_in_timeout?,
         tls: tls?,
         databricks,
     })

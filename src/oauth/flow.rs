@@ -2,11 +2,11 @@
 //! /oauth/callback`.
 //!
 //! Starting a sign-in creates a pending flow keyed by a random `state`: the route, a PKCE
-//! S256 verifier, the client and endpoints it was started with, and an expiry ten minutes
-//! out. The callback takes the flow out by its `state` (so a state works once), refuses an
-//! expired one, reports the authorization server's `error=`, exchanges the code with the
-//! verifier, stores the tokens and installs them. One callback serves every route: the
-//! `state` says which flow it ends.
+//! S256 verifier, the client and endpoints it was started with, and an expiry
+//! (`server.sign_in_timeout_secs`, ten minutes by default). The callback takes the flow out
+//! by its `state` (so a state works once), refuses an expired one, reports the
+//! authorization server's `error=`, exchanges the code with the verifier, stores the tokens
+//! and installs them. One callback serves every route: the `state` says which flow it ends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,9 +22,6 @@ use super::{OAuthError, OAuthRoute};
 use crate::secret::Secret;
 use crate::store::StoredClient;
 
-/// How long a person has to finish signing in.
-pub(crate) const FLOW_LIFETIME: Duration = Duration::from_secs(600);
-
 /// Pending flows beyond this many are refused, so that a flood of `start` requests cannot
 /// grow memory without bound.
 const MAX_PENDING: usize = 1024;
@@ -36,8 +33,11 @@ pub(crate) enum CallbackError {
     MissingState,
     #[error("this sign-in link is unknown or was already used: start the sign-in again")]
     UnknownState,
-    #[error("this sign-in took longer than ten minutes: start the sign-in again")]
-    Expired { route: String },
+    #[error(
+        "this sign-in has expired (it must finish within {} s of starting): start it again",
+        .lifetime.as_secs()
+    )]
+    Expired { route: String, lifetime: Duration },
     #[error("the authorization server refused the sign-in: {error}{}", describe(.description))]
     Denied {
         route: Option<String>,
@@ -66,7 +66,7 @@ impl CallbackError {
         match self {
             CallbackError::MissingState | CallbackError::UnknownState => None,
             CallbackError::Denied { route, .. } => route.as_deref(),
-            CallbackError::Expired { route }
+            CallbackError::Expired { route, .. }
             | CallbackError::MissingCode { route }
             | CallbackError::Exchange { route, .. }
             | CallbackError::Store { route, .. } => Some(route),
@@ -109,9 +109,11 @@ struct PendingFlow {
 }
 
 /// Every sign-in in progress, by `state`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct PendingFlows {
     flows: Mutex<HashMap<String, PendingFlow>>,
+    /// How long a person has to finish signing in.
+    lifetime: Duration,
 }
 
 /// A completed sign-in, for the success page.
@@ -122,6 +124,13 @@ pub(crate) struct SignedIn {
 }
 
 impl PendingFlows {
+    pub(crate) fn new(lifetime: Duration) -> Self {
+        Self {
+            flows: Mutex::new(HashMap::new()),
+            lifetime,
+        }
+    }
+
     /// Starts a sign-in for `route`; returns the authorization URL to send the browser to.
     pub(crate) async fn start(&self, route: &Arc<OAuthRoute>) -> Result<Url, StartError> {
         let discovered = route.discovered().await?;
@@ -162,7 +171,7 @@ impl PendingFlows {
             started: Instant::now(),
         };
         let mut flows = self.flows.lock();
-        flows.retain(|_, flow| flow.started.elapsed() < FLOW_LIFETIME);
+        flows.retain(|_, flow| flow.started.elapsed() < self.lifetime);
         if flows.len() >= MAX_PENDING {
             return Err(StartError::TooMany);
         }
@@ -187,8 +196,11 @@ impl PendingFlows {
         }
         let flow = flow.ok_or(CallbackError::UnknownState)?;
         let route = flow.route.name.clone();
-        if flow.started.elapsed() >= FLOW_LIFETIME {
-            return Err(CallbackError::Expired { route });
+        if flow.started.elapsed() >= self.lifetime {
+            return Err(CallbackError::Expired {
+                route,
+                lifetime: self.lifetime,
+            });
         }
         let code =
             params
