@@ -10,6 +10,7 @@
 //! Lookups of the process environment go through the `Env` trait, so tests pass a map
 //! instead of mutating the process.
 
+mod admin;
 mod api_key;
 mod env;
 mod location;
@@ -49,6 +50,7 @@ pub(crate) const DEFAULT_CONFIG_FILE: &str = "gateway.toml";
 pub struct Config {
     pub(crate) server: ServerConfig,
     pub(crate) store: StoreConfig,
+    pub(crate) admin: AdminConfig,
     pub(crate) routes: Vec<RouteConfig>,
     pub(crate) source: ConfigSource,
 }
@@ -88,6 +90,15 @@ pub(crate) struct ServerConfig {
 pub(crate) struct TlsConfig {
     pub(crate) cert_file: PathBuf,
     pub(crate) key_file: PathBuf,
+}
+
+/// The `[admin]` section: who may use the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AdminConfig {
+    /// Where the admin token is read from; `None` when there is none.
+    pub(crate) token: Option<BearerSource>,
+    /// Callers on loopback need no token.
+    pub(crate) allow_loopback: bool,
 }
 
 /// The `[store]` section: where tokens and client registrations live.
@@ -388,6 +399,9 @@ pub(crate) enum FieldErrorKind {
 
     #[error("kind = \"bearer\" needs exactly one of token_env or token_file")]
     BearerSourceCount,
+
+    #[error("set token_env or token_file, not both")]
+    AdminTokenSourceCount,
 
     #[error("{key} only applies to kind = \"bearer\"")]
     TokenSourceWithoutBearer { key: &'static str },

@@ -7,7 +7,10 @@
 //! is the Prometheus exposition. Other reserved paths are the gateway's too and answer 404
 //! here rather than ever reaching an upstream.
 
+pub(crate) mod admin;
 mod pages;
+pub(crate) mod status;
+mod ui;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,8 +23,9 @@ use pingora::proxy::Session;
 use serde_json::json;
 
 use crate::gateway::Shared;
-use crate::oauth::{OAuthRoute, SlotStatus};
+use crate::oauth::OAuthRoute;
 use crate::proxy::reply;
+use subtle::ConstantTimeEq;
 
 /// Answers a request for a reserved path; returns the status sent.
 pub(crate) async fn serve(session: &mut Session, shared: &Shared) -> pingora::Result<u16> {
@@ -29,13 +33,16 @@ pub(crate) async fn serve(session: &mut Session, shared: &Shared) -> pingora::Re
     let method = session.req_header().method.clone();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (&method, segments.as_slice()) {
-        (&Method::GET, [""]) => reply::json(session, 200, &index(shared)).await,
+        (&Method::GET, [""]) => index(session, shared).await,
+        (&Method::GET, _) if path == ui::SCRIPT_PATH => script(session).await,
         (&Method::GET, ["healthz"]) => reply::json(session, 200, &json!({ "status": "ok" })).await,
         (&Method::GET, ["readyz"]) => readiness(session, shared).await,
         (&Method::GET, ["metrics"]) => metrics(session, shared).await,
         (&Method::GET, ["auth", route, "start"]) => start_sign_in(session, shared, route).await,
         (&Method::POST, ["auth", route, "clear"]) => sign_out(session, shared, route).await,
+        (&Method::POST, ["auth", route, "refresh"]) => refresh(session, shared, route).await,
         (&Method::GET, ["oauth", "callback"]) => callback(session, shared).await,
+        (_, ["admin", "api", rest @ ..]) => admin::serve(session, shared, rest).await,
         (&Method::GET, _) if let Some(document) = metadata_document(shared, &path) => {
             reply::json(session, 200, &document).await
         }
@@ -47,41 +54,43 @@ pub(crate) async fn serve(session: &mut Session, shared: &Shared) -> pingora::Re
     }
 }
 
-/// The routes, with their sign-in status and the URL to give MCP clients per transport.
-fn index(shared: &Shared) -> serde_json::Value {
-    let base = shared.public_url.as_str().trim_end_matches('/');
-    let routes: Vec<_> = shared
-        .routes
-        .routes()
-        .map(|route| {
-            let prefix = route.prefix.trim_end_matches('/');
-            let mut entry = json!({
-                "route": route.describe(),
-                "streamable_http": format!("{base}{prefix}/mcp"),
-                "sse": format!("{base}{prefix}/sse"),
-            });
-            if let Some(oauth) = shared.oauth.get(&route.name) {
-                entry["sign_in"] = sign_in_status(oauth);
-            }
-            entry
-        })
-        .collect();
-    json!({ "gateway": "mcp-u2m-gateway", "version": env!("CARGO_PKG_VERSION"), "routes": routes })
+/// The UI page, or for a client that asks for JSON, the same as JSON.
+async fn index(session: &mut Session, shared: &Shared) -> pingora::Result<u16> {
+    let routes = status::RouteStatus::all(shared);
+    if wants_json(session) {
+        let body = json!({
+            "gateway": "mcp-u2m-gateway",
+            "version": env!("CARGO_PKG_VERSION"),
+            "routes": routes,
+        });
+        return reply::json(session, 200, &body).await;
+    }
+    html(session, 200, &ui::index(&routes, shared.csrf.expose())).await
 }
 
-fn sign_in_status(route: &OAuthRoute) -> serde_json::Value {
-    match route.status() {
-        SlotStatus::SignedIn => json!({
-            "status": "signed_in",
-            "expires_at": route.tokens().and_then(|tokens| tokens.expires_at),
-            "scope": route.tokens().and_then(|tokens| tokens.scope),
-        }),
-        SlotStatus::NeedsSignIn { reason } => json!({
-            "status": "needs_sign_in",
-            "reason": reason,
-            "sign_in_url": route.sign_in_url,
-        }),
-    }
+/// Whether the client prefers JSON to HTML (a script rather than a browser).
+fn wants_json(session: &Session) -> bool {
+    let accept = session
+        .req_header()
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    accept.contains("application/json") && !accept.contains("text/html")
+}
+
+async fn script(session: &mut Session) -> pingora::Result<u16> {
+    let body = Bytes::from_static(ui::SCRIPT.as_bytes());
+    let mut response = ResponseHeader::build(200, Some(4))?;
+    response.insert_header(header::CONTENT_TYPE, "text/javascript; charset=utf-8")?;
+    response.insert_header(header::CONTENT_LENGTH, body.len())?;
+    response.insert_header(header::CACHE_CONTROL, "public, max-age=3600")?;
+    response.insert_header("x-content-type-options", "nosniff")?;
+    session
+        .write_response_header(Box::new(response), false)
+        .await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(200)
 }
 
 async fn readiness(session: &mut Session, shared: &Shared) -> pingora::Result<u16> {
@@ -191,19 +200,13 @@ async fn callback(session: &mut Session, shared: &Shared) -> pingora::Result<u16
     }
 }
 
-/// Signs a route out. Only a same-origin form may do so: a request whose `Origin` is another
-/// site is refused, so a page elsewhere cannot sign people out.
+/// Signs a route out, from the UI's form.
 async fn sign_out(session: &mut Session, shared: &Shared, name: &str) -> pingora::Result<u16> {
-    if !same_origin(session, shared) {
-        let body = reply::error_body("forbidden", "cross-site requests may not change sign-ins");
-        return reply::json(session, 403, &body).await;
+    if let Some(refused) = refuse_forged(session, shared).await {
+        return refused;
     }
     let Some(route) = oauth_route(shared, name) else {
-        let body = reply::error_body(
-            "not_found",
-            format!("there is no OAuth route named '{name}'"),
-        );
-        return reply::json(session, 404, &body).await;
+        return no_oauth_route(session, name).await;
     };
     match route.sign_out().await {
         Ok(()) => {
@@ -211,11 +214,70 @@ async fn sign_out(session: &mut Session, shared: &Shared, name: &str) -> pingora
             redirect(session, 303, "/").await
         }
         Err(error) => {
-            let body = reply::error_body("store_error", error.to_string());
-            reply::json(session, 500, &body).await
+            let page = pages::failed(Some(&route.name), &error.to_string());
+            html(session, 500, &page).await
         }
     }
 }
+
+/// Refreshes a route's tokens now, from the UI's form.
+async fn refresh(session: &mut Session, shared: &Shared, name: &str) -> pingora::Result<u16> {
+    if let Some(refused) = refuse_forged(session, shared).await {
+        return refused;
+    }
+    let Some(route) = oauth_route(shared, name) else {
+        return no_oauth_route(session, name).await;
+    };
+    match route.refresh_now().await {
+        Ok(()) => redirect(session, 303, &format!("/#route-{}", route.name)).await,
+        Err(error) => {
+            tracing::warn!(route = %route.name, %error, "refresh on request failed");
+            let message = format!("the refresh failed: {error}");
+            html(session, 502, &pages::failed(Some(&route.name), &message)).await
+        }
+    }
+}
+
+async fn no_oauth_route(session: &mut Session, name: &str) -> pingora::Result<u16> {
+    let page = pages::failed(None, &format!("there is no OAuth route named '{name}'"));
+    html(session, 404, &page).await
+}
+
+/// Answers a state-changing form post that did not come from the gateway's own page: one
+/// from another origin, or without the page's CSRF token. `None` lets the post go on.
+async fn refuse_forged(session: &mut Session, shared: &Shared) -> Option<pingora::Result<u16>> {
+    let from_our_page = same_origin(session, shared) && csrf_matches(session, shared).await;
+    if from_our_page {
+        return None;
+    }
+    tracing::warn!("refused a form post without the page's CSRF token or from another origin");
+    let message = "this request did not come from the gateway's own page; open the page and \
+                   use its buttons";
+    let page = pages::failed(None, message);
+    Some(html(session, 403, &page).await)
+}
+
+/// Whether the form body carries the gateway's CSRF token.
+async fn csrf_matches(session: &mut Session, shared: &Shared) -> bool {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = session.read_request_body().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_FORM_BODY {
+            return false;
+        }
+    }
+    url::form_urlencoded::parse(&body)
+        .find(|(key, _)| key == "csrf")
+        .is_some_and(|(_, value)| {
+            value
+                .as_bytes()
+                .ct_eq(shared.csrf.expose().as_bytes())
+                .into()
+        })
+}
+
+/// Form posts of the UI are a few dozen bytes.
+const MAX_FORM_BODY: usize = 8 * 1024;
 
 fn same_origin(session: &Session, shared: &Shared) -> bool {
     let Some(origin) = session.req_header().headers.get(header::ORIGIN) else {
@@ -232,10 +294,12 @@ async fn html(session: &mut Session, status: u16, page: &str) -> pingora::Result
     response.insert_header(header::CONTENT_LENGTH, body.len())?;
     response.insert_header(header::CACHE_CONTROL, "no-store")?;
     response.insert_header("x-frame-options", "DENY")?;
+    response.insert_header("x-content-type-options", "nosniff")?;
     response.insert_header("referrer-policy", "no-referrer")?;
     response.insert_header(
         "content-security-policy",
-        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; form-action 'self'; \
+         base-uri 'none'; frame-ancestors 'none'",
     )?;
     session
         .write_response_header(Box::new(response), false)

@@ -25,6 +25,7 @@ use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use url::Url;
 
 use crate::config::{BearerSource, Config, RouteAuth, RouteConfig};
+use crate::control::admin::AdminAuth;
 use crate::metrics::Metrics;
 use crate::oauth::OAuthRoute;
 use crate::oauth::flow::PendingFlows;
@@ -66,6 +67,8 @@ pub enum StartError {
     Store(#[source] crate::store::StoreError),
     #[error("cannot build the HTTP client for OAuth requests")]
     HttpClient(#[source] reqwest::Error),
+    #[error("cannot read the admin token file")]
+    AdminToken(#[source] std::io::Error),
     #[error("cannot start a runtime to load stored tokens")]
     Runtime(#[source] std::io::Error),
 }
@@ -84,6 +87,9 @@ pub(crate) struct Shared {
     /// The OAuth routes by name, for the sign-in pages and the refreshers.
     pub(crate) oauth: HashMap<String, Arc<OAuthRoute>>,
     pub(crate) flows: PendingFlows,
+    pub(crate) admin: AdminAuth,
+    /// The token the UI's forms carry, so that a page elsewhere cannot post them.
+    pub(crate) csrf: crate::secret::Secret,
 }
 
 /// Pingora's connector, which has no `Debug` of its own.
@@ -286,6 +292,8 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
         draining: AtomicBool::new(false),
         oauth,
         flows: PendingFlows::new(config.server.sign_in_timeout),
+        admin: AdminAuth::new(&config.admin).map_err(StartError::AdminToken)?,
+        csrf: crate::secret::Secret::new(oauth2::CsrfToken::new_random().secret().clone()),
     })
 }
 
@@ -427,6 +435,7 @@ fn build_route(
         upstream: Upstream::new(config.upstream.clone(), timeouts, ca),
         tokens,
         extra_headers,
+        unreachable: std::sync::atomic::AtomicBool::new(false),
     })
 }
 

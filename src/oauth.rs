@@ -17,7 +17,7 @@ pub(crate) mod registration;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -59,6 +59,14 @@ pub(crate) enum SlotStatus {
     NeedsSignIn { reason: String },
 }
 
+/// The last refresh of a route's tokens: when it ended and how (`ok`, `invalid_grant`,
+/// `invalid_client`, `error`), for the status pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RefreshRecord {
+    pub(crate) at: SystemTime,
+    pub(crate) outcome: &'static str,
+}
+
 /// One OAuth route: its settings, its slot, and the signed-in person's tokens.
 #[derive(Debug)]
 pub(crate) struct OAuthRoute {
@@ -84,6 +92,9 @@ pub(crate) struct OAuthRoute {
     changed: tokio::sync::Notify,
     /// Scopes the upstream asked for (`insufficient_scope`) beyond those requested so far.
     required_scopes: RwLock<BTreeSet<String>>,
+    last_refresh: RwLock<Option<RefreshRecord>>,
+    /// A refresh is talking to the authorization server right now.
+    pub(super) refreshing: AtomicBool,
     discovered: tokio::sync::Mutex<Option<Arc<Discovered>>>,
 }
 
@@ -127,6 +138,8 @@ impl OAuthRoute {
             refresh_gate: tokio::sync::Mutex::new(()),
             changed: tokio::sync::Notify::new(),
             required_scopes: RwLock::new(BTreeSet::new()),
+            last_refresh: RwLock::new(None),
+            refreshing: AtomicBool::new(false),
             discovered: tokio::sync::Mutex::new(None),
         }
     }
@@ -149,6 +162,23 @@ impl OAuthRoute {
 
     pub(crate) fn tokens(&self) -> Option<StoredTokens> {
         self.tokens.read().clone()
+    }
+
+    pub(crate) fn last_refresh(&self) -> Option<RefreshRecord> {
+        self.last_refresh.read().clone()
+    }
+
+    pub(crate) fn is_refreshing(&self) -> bool {
+        self.refreshing.load(Ordering::Relaxed)
+    }
+
+    /// Notes the outcome of a refresh, for the status pages and the metrics.
+    pub(crate) fn record_refresh(&self, outcome: &'static str) {
+        *self.last_refresh.write() = Some(RefreshRecord {
+            at: SystemTime::now(),
+            outcome,
+        });
+        self.metrics.refresh(&self.name, outcome);
     }
 
     pub(crate) fn generation(&self) -> u64 {
@@ -174,10 +204,24 @@ impl OAuthRoute {
 
     /// Forgets the tokens in memory and in the store (the registration stays).
     pub(crate) async fn sign_out(&self) -> Result<(), crate::store::StoreError> {
-        self.store.clear(&self.slot, false).await?;
+        self.clear(false).await
+    }
+
+    /// Forgets the tokens, and with `registration` the client registration too, so that
+    /// the next sign-in registers afresh.
+    pub(crate) async fn clear(&self, registration: bool) -> Result<(), crate::store::StoreError> {
+        self.store.clear(&self.slot, registration).await?;
         *self.tokens.write() = None;
         self.needs_sign_in("signed out");
         Ok(())
+    }
+
+    /// Refreshes the tokens now, whether or not they are due.
+    pub(crate) async fn refresh_now(&self) -> Result<(), refresher::RefreshError> {
+        if let SlotStatus::NeedsSignIn { reason } = self.status() {
+            return Err(refresher::RefreshError::NeedsSignIn(reason));
+        }
+        refresher::refresh(self, self.generation()).await
     }
 
     /// Discovery's result, fetched once and then reused.

@@ -154,8 +154,11 @@ impl ProxyHttp for GatewayProxy {
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        if let Some(route) = &ctx.route {
+            route.set_upstream_unreachable(false);
+        }
         headers::prepare_downstream(upstream_response);
         Ok(())
     }

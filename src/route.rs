@@ -7,6 +7,7 @@
 //! `/a` matches `/a` and `/a/mcp`, never `/ab`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use url::Url;
 
@@ -22,9 +23,23 @@ pub(crate) struct Route {
     pub(crate) upstream: Upstream,
     pub(crate) tokens: Arc<dyn TokenSource>,
     pub(crate) extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The last attempt to reach the upstream failed; cleared by the next response.
+    pub(crate) unreachable: AtomicBool,
 }
 
 impl Route {
+    pub(crate) fn upstream_unreachable(&self) -> bool {
+        self.unreachable.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the upstream answered; writes only on a change, so the request
+    /// path does not contend on the flag.
+    pub(crate) fn set_upstream_unreachable(&self, unreachable: bool) {
+        if self.unreachable.load(Ordering::Relaxed) != unreachable {
+            self.unreachable.store(unreachable, Ordering::Relaxed);
+        }
+    }
+
     /// The upstream URL for `rest` (the path after the prefix) and the raw query.
     pub(crate) fn upstream_url(&self, rest: &str, query: Option<&str>) -> Url {
         crate::proxy::sse::upstream_url(self.upstream.base_url(), rest, query)

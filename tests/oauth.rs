@@ -4,102 +4,12 @@
 
 mod support;
 
-use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::gateway::{TestGateway, start};
 use support::mock_upstream::{MockOptions, MockUpstream};
-use url::Url;
-
-/// A client that shows redirects instead of following them, like a test of a browser.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client")
-}
-
-fn oauth_gateway(upstream: &MockUpstream, auth_extra: &str) -> TestGateway {
-    start(
-        &format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-[store]
-dir = "{{dir}}/store"
-[[routes]]
-name = "up"
-prefix = "/up"
-upstream = "{}"
-[routes.auth]
-kind = "oauth"
-{auth_extra}
-"#,
-            upstream.base_url()
-        ),
-        &[],
-    )
-}
-
-fn location(response: &reqwest::Response) -> Url {
-    let location = response.headers()["location"].to_str().expect("ascii");
-    Url::parse(location).expect("absolute location")
-}
-
-fn query(url: &Url) -> HashMap<String, String> {
-    url.query_pairs().into_owned().collect()
-}
-
-/// Runs a sign-in the way a browser would; returns the callback page's status and text.
-async fn sign_in(gateway: &TestGateway) -> (u16, String) {
-    let start = browser()
-        .get(format!("{}/auth/up/start", gateway.url()))
-        .send()
-        .await
-        .expect("start");
-    assert_eq!(
-        start.status(),
-        302,
-        "{}",
-        start.text().await.unwrap_or_default()
-    );
-    let authorize = location(&start);
-    let approved = browser().get(authorize).send().await.expect("authorize");
-    assert_eq!(approved.status(), 302, "the mock approves at once");
-    let callback = location(&approved);
-    let page = browser().get(callback).send().await.expect("callback");
-    let status = page.status().as_u16();
-    (status, page.text().await.expect("page"))
-}
-
-async fn initialize(gateway: &TestGateway) -> (u16, Value) {
-    let response = browser()
-        .post(format!("{}/up/mcp", gateway.url()))
-        .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-            "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}))
-        .send()
-        .await
-        .expect("initialize");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-fn store_files(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir.join("store"))
-        .map(|entries| {
-            entries
-                .filter_map(|entry| entry.ok())
-                .map(|entry| entry.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
+use support::signin::{browser, initialize, location, oauth_gateway, query, sign_in, store_files};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sign_in_through_the_gateway_then_clients_use_the_new_token() {
@@ -574,30 +484,6 @@ async fn routes_that_reject_resource_can_turn_it_off() {
         .expect("start");
     assert!(!query(&location(&start)).contains_key("resource"));
     assert_eq!(sign_in(&gateway).await.0, 200);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn signing_out_needs_a_same_origin_request() {
-    let upstream = MockUpstream::start(MockOptions::default()).await;
-    let gateway = oauth_gateway(&upstream, "");
-    assert_eq!(sign_in(&gateway).await.0, 200);
-    let url = format!("{}/auth/up/clear", gateway.url());
-    let cross = browser()
-        .post(&url)
-        .header("origin", "https://evil.example")
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(cross.status(), 403);
-    assert_eq!(
-        initialize(&gateway).await.1["result"]["serverInfo"]["name"],
-        "mock-upstream"
-    );
-
-    let same = browser().post(&url).send().await.expect("post");
-    assert_eq!(same.status(), 303);
-    let (_, answer) = initialize(&gateway).await;
-    assert_eq!(answer["error"]["code"], -32001, "{answer}");
 }
 
 /// POSTs a `tools/call` of `echo` in session `session`; returns the status and JSON answer.

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::validate;
 use super::{
-    Config, ConfigError, ConfigSource, FieldError, FieldErrorKind, RouteAuth, RouteConfig,
-    StoreConfig, StoreKind,
+    AdminConfig, Config, ConfigError, ConfigSource, FieldError, FieldErrorKind, RouteAuth,
+    RouteConfig, StoreConfig, StoreKind,
 };
 
 /// Names a config file; checked before anything else but `--config`.
@@ -118,6 +118,10 @@ pub(super) fn single_upstream(env: &dyn Env) -> Result<Config, Vec<FieldError>> 
             store: StoreConfig {
                 kind: StoreKind::File,
                 dir,
+            },
+            admin: AdminConfig {
+                token: super::admin::default_token(env),
+                allow_loopback: true,
             },
             routes: vec![RouteConfig {
                 name: "default".to_owned(),

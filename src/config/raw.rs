@@ -21,6 +21,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) store: RawStore,
     #[serde(default)]
+    pub(super) admin: RawAdmin,
+    #[serde(default)]
     pub(super) routes: Vec<RawRoute>,
 }
 
@@ -46,6 +48,14 @@ pub(super) struct RawServer {
 pub(super) struct RawTls {
     pub(super) cert_file: Spanned<String>,
     pub(super) key_file: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) token_env: Option<Spanned<String>>,
+    pub(super) token_file: Option<Spanned<String>>,
+    pub(super) allow_loopback: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

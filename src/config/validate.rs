@@ -105,15 +105,19 @@ pub(super) fn file_config(
     let mut checker = Checker::new(SourceFile { path, text }, env);
     let server = server(raw.server, &mut checker);
     let store = store(raw.store, &mut checker);
+    let admin = super::admin::check(raw.admin, &mut checker);
     let routes = routes::check(raw.routes, &mut checker);
 
-    match (server, store, routes) {
-        (Some(server), Some(store), Some(routes)) if checker.errors.is_empty() => Ok(Config {
-            server,
-            store,
-            routes,
-            source: ConfigSource::File(path.to_owned()),
-        }),
+    match (server, store, admin, routes) {
+        (Some(server), Some(store), Some(admin), Some(routes)) if checker.errors.is_empty() => {
+            Ok(Config {
+                server,
+                store,
+                admin,
+                routes,
+                source: ConfigSource::File(path.to_owned()),
+            })
+        }
         _ => Err(checker.into_errors()),
     }
 }

@@ -2,14 +2,34 @@
 //! pages and the error page of a sign-in that could not start. Every value is escaped, and
 //! no page ever carries a token, a code or a state.
 
+/// The stylesheet every page shares: plain, readable, light and dark.
+const STYLE: &str = "\
+:root{color-scheme:light dark;--fg:#1d2430;--muted:#5b6472;--bg:#fff;--card:#f7f8fa;--line:#dde1e6;\
+--ok:#1a7f37;--warn:#9a6700;--fail:#b42318;--accent:#2456c7}\
+@media (prefers-color-scheme:dark){:root{--fg:#e6e8eb;--muted:#a0a8b4;--bg:#12151a;--card:#1b1f26;\
+--line:#2c323c;--ok:#4ac26b;--warn:#d29922;--fail:#f47067;--accent:#6e9bff}}\
+body{font:16px/1.5 system-ui,sans-serif;max-width:46rem;margin:2.5rem auto;padding:0 1rem;\
+color:var(--fg);background:var(--bg)}\
+h1{font-size:1.5rem;margin:0 0 .25rem}h2{font-size:1.2rem;margin:0 0 .5rem}h3{font-size:1rem;margin:1rem 0 .25rem}\
+header p,.hint,footer{color:var(--muted)}.hint{font-size:.9rem}\
+footer{margin-top:2rem;font-size:.85rem}\
+.card{background:var(--card);border:1px solid var(--line);border-radius:.5rem;padding:1rem 1.25rem;margin:1.25rem 0}\
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem;margin:.5rem 0}dt{color:var(--muted)}dd{margin:0}\
+code,pre{font:14px ui-monospace,monospace;background:var(--bg);border:1px solid var(--line);border-radius:.25rem;padding:0 .3rem;word-break:break-all}\
+pre{padding:.5rem;white-space:pre-wrap}\
+.status{font-size:.8rem;font-weight:600;border-radius:1rem;padding:.1rem .6rem;margin-left:.5rem;vertical-align:middle;border:1px solid}\
+.ok{color:var(--ok)}.warn{color:var(--warn)}.fail{color:var(--fail)}\
+.actions{display:flex;flex-wrap:wrap;gap:.5rem;margin-top:1rem}form{margin:0}\
+button,.button{font:inherit;font-size:.9rem;padding:.35rem .9rem;border-radius:.35rem;border:1px solid var(--line);\
+background:var(--bg);color:var(--fg);cursor:pointer;text-decoration:none;display:inline-block}\
+.primary{background:var(--accent);border-color:var(--accent);color:#fff}.danger{color:var(--fail)}";
+
 /// A complete page with `title` and already-escaped `body` HTML.
 pub(crate) fn page(title: &str, body: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · mcp-u2m-gateway</title>\
-         <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#1d2430}}\
-         h1{{font-size:1.4rem}} .ok{{color:#1a7f37}} .fail{{color:#b42318}} code{{background:#f3f4f6;padding:0 .25rem}}</style>\
+         <title>{title} · mcp-u2m-gateway</title><style>{STYLE}</style>\
          </head><body>{body}</body></html>\n",
         title = escape(title),
     )

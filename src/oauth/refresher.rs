@@ -11,6 +11,7 @@
 //! A rotated refresh token is persisted before the new access token is used.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use super::exchange::{self, ExchangeError, unix_seconds};
@@ -26,8 +27,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Why a refresh did not produce new tokens.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RefreshError {
-    #[error("there is no refresh token")]
+    #[error("there is no refresh token: sign in again")]
     NoRefreshToken,
+    #[error("the route needs sign-in ({0})")]
+    NeedsSignIn(String),
     #[error(transparent)]
     Exchange(#[from] ExchangeError),
     #[error(transparent)]
@@ -41,7 +44,9 @@ impl RefreshError {
     fn is_transient(&self) -> bool {
         match self {
             RefreshError::Exchange(ExchangeError::Transient(_)) => true,
-            RefreshError::Exchange(_) | RefreshError::NoRefreshToken => false,
+            RefreshError::Exchange(_)
+            | RefreshError::NoRefreshToken
+            | RefreshError::NeedsSignIn(_) => false,
             RefreshError::OAuth(_) | RefreshError::Store(_) => true,
         }
     }
@@ -85,29 +90,33 @@ pub(crate) async fn refresh(route: &OAuthRoute, seen_generation: u64) -> Result<
         &route.redirect_uri,
     );
     let resource = route.resource(&discovered);
-    match exchange::refresh(&oauth, &route.http, &refresh_token, resource.as_deref()).await {
+    route.refreshing.store(true, Ordering::Relaxed);
+    let refreshed =
+        exchange::refresh(&oauth, &route.http, &refresh_token, resource.as_deref()).await;
+    route.refreshing.store(false, Ordering::Relaxed);
+    match refreshed {
         Ok(tokens) => {
             route.store.save_tokens(&route.slot, &tokens).await?;
             route.install(tokens);
-            route.metrics.refresh(&route.name, "ok");
+            route.record_refresh("ok");
             tracing::info!(route = %route.name, "tokens refreshed");
             Ok(())
         }
         Err(error @ ExchangeError::InvalidGrant(_)) => {
             tracing::warn!(route = %route.name, %error, "refresh refused; the route needs sign-in");
-            route.metrics.refresh(&route.name, "invalid_grant");
+            route.record_refresh("invalid_grant");
             route.needs_sign_in(error.to_string());
             Err(error.into())
         }
         Err(error @ ExchangeError::InvalidClient(_)) => {
             tracing::warn!(route = %route.name, %error, "client unknown to the authorization server; the next sign-in registers again");
             registration::forget(route).await?;
-            route.metrics.refresh(&route.name, "invalid_client");
+            route.record_refresh("invalid_client");
             route.needs_sign_in(error.to_string());
             Err(error.into())
         }
         Err(error) => {
-            route.metrics.refresh(&route.name, "error");
+            route.record_refresh("error");
             Err(error.into())
         }
     }

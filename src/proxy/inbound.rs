@@ -39,7 +39,8 @@ impl Inbound {
     }
 }
 
-fn bearer(request: &RequestHeader) -> Option<&str> {
+/// The credential of an `Authorization: Bearer` header.
+pub(crate) fn bearer(request: &RequestHeader) -> Option<&str> {
     let value = request.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, key) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())

@@ -20,10 +20,18 @@ pub(crate) async fn json(
     body: &serde_json::Value,
 ) -> pingora::Result<u16> {
     let body = Bytes::from(body.to_string());
-    let mut response = ResponseHeader::build(status, Some(4))?;
+    let mut response = ResponseHeader::build(status, Some(8))?;
     response.insert_header(header::CONTENT_TYPE, "application/json")?;
     response.insert_header(header::CONTENT_LENGTH, body.len())?;
     response.insert_header(header::CACHE_CONTROL, "no-store")?;
+    // Never rendered as a page, framed, or read as anything but JSON.
+    response.insert_header("x-content-type-options", "nosniff")?;
+    response.insert_header("x-frame-options", "DENY")?;
+    response.insert_header(
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    )?;
+    response.insert_header("referrer-policy", "no-referrer")?;
     session
         .write_response_header(Box::new(response), false)
         .await?;

@@ -114,6 +114,7 @@ async fn relay_response(
         return Error::e_explain(ErrorType::InternalError, "upstream response header missing");
     };
     let status = response.status.as_u16();
+    route.set_upstream_unreachable(false);
     let event_stream = headers::is_event_stream(&response);
     headers::prepare_downstream(&mut response);
     session
@@ -289,6 +290,9 @@ pub(crate) async fn upstream_error_reply(
 ) -> u16 {
     let failure = reply::upstream_failure(error);
     shared.metrics.upstream_error(route, failure.code);
+    if let Some(route) = shared.routes.routes().find(|r| r.name == route) {
+        route.set_upstream_unreachable(true);
+    }
     if session.response_written().is_some() {
         // The client already has a response header; all we can do is end the stream.
         return 0;

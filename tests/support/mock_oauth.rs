@@ -253,6 +253,19 @@ impl OAuthState {
     }
 
     /// How many of those asked for `grant_type=refresh_token`.
+    /// Every access token, refresh token and client secret this server has issued, for
+    /// tests that check none of them shows up where it must not.
+    pub fn issued_secrets(&self) -> Vec<String> {
+        let grants = self.grants.lock().expect("grants lock");
+        let access = grants.access.iter().map(|record| record.token.clone());
+        let refresh = grants.refresh.iter().map(|record| record.token.clone());
+        let secrets = grants
+            .clients
+            .iter()
+            .filter_map(|client| client.client_secret.clone());
+        access.chain(refresh).chain(secrets).collect()
+    }
+
     pub fn refresh_requests(&self) -> usize {
         self.refresh_requests.load(Ordering::SeqCst)
     }

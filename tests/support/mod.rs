@@ -4,3 +4,4 @@
 pub mod gateway;
 pub mod interop;
 pub mod mock_upstream;
+pub mod signin;

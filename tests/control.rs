@@ -1,0 +1,306 @@
+//! The control plane over HTTP: the web UI at `/`, its CSRF-guarded forms, the admin API and
+//! its guard, and the security headers on the gateway's own pages.
+
+mod support;
+
+use serde_json::Value;
+use support::gateway::{TestGateway, start};
+use support::mock_upstream::{MockOptions, MockUpstream};
+use support::signin::{browser, initialize, oauth_gateway, sign_in, store_files};
+
+const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+
+/// A gateway with the OAuth route `up` whose admin API takes only the token, even on loopback.
+fn guarded_gateway(upstream: &MockUpstream) -> TestGateway {
+    start(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+dir = "{{dir}}/store"
+[admin]
+allow_loopback = false
+token_file = "{{dir}}/admin-token"
+[[routes]]
+name = "up"
+prefix = "/up"
+upstream = "{}"
+"#,
+            upstream.base_url()
+        ),
+        &[("admin-token", ADMIN_TOKEN)],
+    )
+}
+
+async fn page(gateway: &TestGateway) -> (reqwest::header::HeaderMap, String) {
+    let response = browser()
+        .get(format!("{}/", gateway.url()))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .expect("index");
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    (headers, response.text().await.expect("html"))
+}
+
+fn port(gateway: &TestGateway) -> u16 {
+    gateway.running.local_addr().port()
+}
+
+/// The CSRF token the page's forms carry.
+fn csrf(html: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let start = html.find(marker).expect("a form with a CSRF token") + marker.len();
+    let end = start + html[start..].find('"').expect("end of value");
+    html[start..end].to_owned()
+}
+
+fn tokens_stored(gateway: &TestGateway) -> bool {
+    store_files(gateway.dir.path())
+        .iter()
+        .any(|name| name.ends_with("_tokens.json"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_shows_each_route_and_its_sign_in_state() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = oauth_gateway(&upstream, "");
+
+    let (headers, html) = page(&gateway).await;
+    assert!(html.contains("needs sign-in"), "{html}");
+    assert!(html.contains("href=\"/auth/up/start\""));
+    assert!(html.contains(&format!("http://localhost:{}/up/mcp", port(&gateway))));
+    assert!(
+        !html.contains("name=\"csrf\""),
+        "no sign-out before sign-in"
+    );
+    let csp = headers["content-security-policy"].to_str().expect("csp");
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline'; script"));
+    assert!(csp.contains("frame-ancestors 'none'"));
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(headers["cache-control"], "no-store");
+
+    assert_eq!(sign_in(&gateway).await.0, 200);
+    let (_, html) = page(&gateway).await;
+    assert!(html.contains(">signed in<"), "{html}");
+    assert!(html.contains("data-expires-at=\""));
+    assert!(html.contains("Refresh now") && html.contains("Sign out"));
+    for secret in upstream.oauth().issued_secrets() {
+        assert!(!html.contains(&secret), "the page shows a credential");
+    }
+
+    // The script it loads is served by the gateway itself.
+    let script = browser()
+        .get(format!("{}/auth/assets/gateway.js", gateway.url()))
+        .send()
+        .await
+        .expect("script");
+    assert_eq!(script.status(), 200);
+    assert!(script.text().await.expect("js").contains("data-expires-at"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scripts_get_the_same_routes_as_json() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = oauth_gateway(&upstream, "");
+    assert_eq!(sign_in(&gateway).await.0, 200);
+    let index: Value = browser()
+        .get(format!("{}/", gateway.url()))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("index")
+        .json()
+        .await
+        .expect("json");
+    let route = &index["routes"][0];
+    assert_eq!(route["name"], "up");
+    assert_eq!(route["sign_in"]["state"], "signed_in");
+    assert!(route["sign_in"]["expires_in"].as_i64().expect("expiry") > 0);
+    assert_eq!(
+        route["streamable_http"],
+        format!("http://localhost:{}/up/mcp", port(&gateway))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forms_without_the_pages_csrf_token_or_from_elsewhere_change_nothing() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = oauth_gateway(&upstream, "");
+    assert_eq!(sign_in(&gateway).await.0, 200);
+    let (_, html) = page(&gateway).await;
+    let token = csrf(&html);
+    let clear = format!("{}/auth/up/clear", gateway.url());
+    let refresh = format!("{}/auth/up/refresh", gateway.url());
+
+    for url in [&clear, &refresh] {
+        let bare = browser().post(url).send().await.expect("post");
+        assert_eq!(bare.status(), 403, "{url} without a token");
+        let wrong = browser()
+            .post(url)
+            .form(&[("csrf", "not-the-token")])
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(wrong.status(), 403, "{url} with a wrong token");
+        let cross = browser()
+            .post(url)
+            .header("origin", "https://evil.example")
+            .form(&[("csrf", token.as_str())])
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(cross.status(), 403, "{url} from another origin");
+    }
+    assert!(tokens_stored(&gateway));
+    assert_eq!(upstream.oauth().refresh_requests(), 0);
+    assert_eq!(
+        initialize(&gateway).await.1["result"]["serverInfo"]["name"],
+        "mock-upstream"
+    );
+
+    // The page's own forms work.
+    let refreshed = browser()
+        .post(&refresh)
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .expect("refresh");
+    assert_eq!(refreshed.status(), 303);
+    assert_eq!(upstream.oauth().refresh_requests(), 1);
+    let (_, html) = page(&gateway).await;
+    assert!(html.contains("Last refresh</dt><dd>ok"), "{html}");
+
+    let cleared = browser()
+        .post(&clear)
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .expect("clear");
+    assert_eq!(cleared.status(), 303);
+    assert!(!tokens_stored(&gateway));
+    let (_, answer) = initialize(&gateway).await;
+    assert_eq!(answer["error"]["code"], -32001, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_needs_its_token_and_acts_on_the_store() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = guarded_gateway(&upstream);
+    assert_eq!(sign_in(&gateway).await.0, 200);
+    let api = |path: &str| format!("{}/admin/api/{path}", gateway.url());
+
+    for auth in [
+        None,
+        Some("Bearer wrong-token"),
+        Some("Basic YWRtaW46YWRtaW4="),
+    ] {
+        let mut request = browser().get(api("routes"));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let refused = request.send().await.expect("get");
+        assert_eq!(refused.status(), 401, "{auth:?}");
+        let body: Value = refused.json().await.expect("json");
+        assert!(
+            body["message"]
+                .as_str()
+                .expect("message")
+                .contains("admin token")
+        );
+    }
+
+    let admin = |request: reqwest::RequestBuilder| {
+        request.header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+    };
+    let routes: Value = admin(browser().get(api("routes")))
+        .send()
+        .await
+        .expect("routes")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(routes["routes"][0]["name"], "up");
+    assert_eq!(routes["routes"][0]["sign_in"]["state"], "signed_in");
+
+    let missing = admin(browser().get(api("routes/nope")))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(missing.status(), 404);
+
+    let refreshed = admin(browser().post(api("routes/up/refresh")))
+        .send()
+        .await
+        .expect("refresh");
+    assert_eq!(refreshed.status(), 200);
+    let status: Value = refreshed.json().await.expect("json");
+    assert_eq!(status["sign_in"]["last_refresh"]["outcome"], "ok");
+    assert_eq!(upstream.oauth().refresh_requests(), 1);
+
+    let cleared = admin(browser().post(api("routes/up/clear")))
+        .send()
+        .await
+        .expect("clear");
+    assert_eq!(cleared.status(), 200);
+    let status: Value = cleared.json().await.expect("json");
+    assert_eq!(status["sign_in"]["state"], "needs_sign_in");
+    let files = store_files(gateway.dir.path());
+    assert!(
+        !files.iter().any(|f| f.ends_with("_tokens.json")),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.ends_with("_client_info.json")),
+        "{files:?}"
+    );
+
+    let forgotten = admin(browser().post(api("routes/up/clear?registration=true")))
+        .send()
+        .await
+        .expect("clear");
+    assert_eq!(forgotten.status(), 200);
+    let files = store_files(gateway.dir.path());
+    assert!(
+        !files.iter().any(|f| f.ends_with("_client_info.json")),
+        "{files:?}"
+    );
+
+    let not_signed_in = admin(browser().post(api("routes/up/refresh")))
+        .send()
+        .await
+        .expect("refresh");
+    assert_eq!(not_signed_in.status(), 409);
+    let body: Value = not_signed_in.json().await.expect("json");
+    assert_eq!(body["error"], "needs_sign_in");
+    assert!(
+        body["sign_in_url"]
+            .as_str()
+            .expect("url")
+            .ends_with("/auth/up/start")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loopback_callers_may_use_the_admin_api_by_default() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = oauth_gateway(&upstream, "");
+    let routes = browser()
+        .get(format!("{}/admin/api/routes", gateway.url()))
+        .send()
+        .await
+        .expect("routes");
+    assert_eq!(routes.status(), 200);
+    let body: Value = routes.json().await.expect("json");
+    assert_eq!(body["routes"][0]["sign_in"]["state"], "needs_sign_in");
+    assert!(
+        upstream
+            .state()
+            .requests()
+            .iter()
+            .all(|r| !r.path.starts_with("/admin"))
+    );
+}

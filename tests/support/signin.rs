@@ -1,0 +1,101 @@
+//! Signing in through the gateway as a browser would, for the tests that need a signed-in
+//! OAuth route: a gateway with one OAuth route `up` in front of the mock upstream, and the
+//! redirects of a sign-in followed by hand.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use url::Url;
+
+use super::gateway::{TestGateway, start};
+use super::mock_upstream::MockUpstream;
+
+/// A client that shows redirects instead of following them, like a test of a browser.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+pub fn oauth_gateway(upstream: &MockUpstream, auth_extra: &str) -> TestGateway {
+    start(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+dir = "{{dir}}/store"
+[[routes]]
+name = "up"
+prefix = "/up"
+upstream = "{}"
+[routes.auth]
+kind = "oauth"
+{auth_extra}
+"#,
+            upstream.base_url()
+        ),
+        &[],
+    )
+}
+
+pub fn location(response: &reqwest::Response) -> Url {
+    let location = response.headers()["location"].to_str().expect("ascii");
+    Url::parse(location).expect("absolute location")
+}
+
+pub fn query(url: &Url) -> HashMap<String, String> {
+    url.query_pairs().into_owned().collect()
+}
+
+/// Runs a sign-in the way a browser would; returns the callback page's status and text.
+pub async fn sign_in(gateway: &TestGateway) -> (u16, String) {
+    let start = browser()
+        .get(format!("{}/auth/up/start", gateway.url()))
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(
+        start.status(),
+        302,
+        "{}",
+        start.text().await.unwrap_or_default()
+    );
+    let authorize = location(&start);
+    let approved = browser().get(authorize).send().await.expect("authorize");
+    assert_eq!(approved.status(), 302, "the mock approves at once");
+    let callback = location(&approved);
+    let page = browser().get(callback).send().await.expect("callback");
+    let status = page.status().as_u16();
+    (status, page.text().await.expect("page"))
+}
+
+pub async fn initialize(gateway: &TestGateway) -> (u16, Value) {
+    let response = browser()
+        .post(format!("{}/up/mcp", gateway.url()))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+            "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}))
+        .send()
+        .await
+        .expect("initialize");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+pub fn store_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("store"))
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok())
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
