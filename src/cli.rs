@@ -1,7 +1,12 @@
 //! The command line: `serve` (the default) runs the gateway, `check` validates a
-//! configuration and prints the routes it resolves to.
+//! configuration and prints the routes it resolves to, and the operator's commands
+//! (`status`, `list`, `auth`, `refresh`, `clear`, in [`admin`]) manage sign-ins through the
+//! running gateway or, when none runs, on the token store directly.
 //!
-//! Exit codes: 0 success, 1 an error (the message says what to fix), 2 a usage error.
+//! Exit codes: 0 success, 1 an error (the message says what to fix), 2 a usage error, 3 a
+//! route needs a person to sign in.
+
+mod admin;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -26,6 +31,56 @@ enum Command {
     Serve(ConfigArg),
     /// Validate the configuration and print the resolved routes; exit 1 on an error.
     Check(ConfigArg),
+    /// Show each route's sign-in status; exit 3 when one needs sign-in.
+    Status {
+        /// Only this route, in detail.
+        route: Option<String>,
+        #[command(flatten)]
+        output: JsonArg,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List what the token store holds for each OAuth route.
+    List {
+        #[command(flatten)]
+        output: JsonArg,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Sign in to a route: print the URL to open, open a browser if there is one, wait.
+    Auth {
+        route: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Refresh a route's tokens now; exit 3 when the route needs sign-in instead.
+    Refresh {
+        route: String,
+        #[command(flatten)]
+        output: JsonArg,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Sign a route out (or every OAuth route), removing its stored tokens.
+    Clear {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        route: Option<String>,
+        /// Every OAuth route.
+        #[arg(long)]
+        all: bool,
+        /// Also forget the client registration, so the next sign-in registers again.
+        #[arg(long)]
+        registration: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Default, clap::Args)]
+struct JsonArg {
+    /// Print JSON, stable for scripts.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -40,17 +95,42 @@ impl Cli {
     /// Runs the chosen command.
     pub fn run(self) -> ExitCode {
         let result = match self.command.unwrap_or(Command::Serve(ConfigArg::default())) {
-            Command::Serve(args) => serve(args),
-            Command::Check(args) => check(args),
+            Command::Serve(args) => serve(args).map(|()| admin::Done::Ok),
+            Command::Check(args) => check(args).map(|()| admin::Done::Ok),
+            Command::Status {
+                route,
+                output,
+                config,
+            } => load(&config).and_then(|c| admin::status(&c, route.as_deref(), output.json)),
+            Command::List { output, config } => {
+                load(&config).and_then(|c| admin::list(&c, output.json))
+            }
+            Command::Auth { route, config } => load(&config).and_then(|c| admin::auth(c, &route)),
+            Command::Refresh {
+                route,
+                output,
+                config,
+            } => load(&config).and_then(|c| admin::refresh(&c, &route, output.json)),
+            Command::Clear {
+                route,
+                registration,
+                config,
+                ..
+            } => load(&config).and_then(|c| admin::clear(&c, route.as_deref(), registration)),
         };
         match result {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(admin::Done::Ok) => ExitCode::SUCCESS,
+            Ok(admin::Done::NeedsSignIn) => ExitCode::from(3),
             Err(error) => {
                 eprintln!("error: {error:#}");
                 ExitCode::FAILURE
             }
         }
     }
+}
+
+fn load(args: &ConfigArg) -> anyhow::Result<Config> {
+    Ok(Config::load(args.config.as_deref())?)
 }
 
 fn serve(args: ConfigArg) -> anyhow::Result<()> {

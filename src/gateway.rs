@@ -169,6 +169,11 @@ impl Gateway {
         &self.config
     }
 
+    /// What the gateway's requests share, for the CLI's own sign-in.
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
     /// Serves until SIGTERM or SIGINT, then drains requests in flight for up to ten seconds.
     pub fn run(self) {
         let signals = UnixSignals {
@@ -267,6 +272,12 @@ impl Drop for RunningGateway {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The routes, token store and OAuth state of `config` without any listener: what the CLI
+/// works on when no gateway is running.
+pub(crate) fn offline(config: &Config) -> Result<Arc<Shared>, StartError> {
+    build_shared(config).map(Arc::new)
 }
 
 fn build_shared(config: &Config) -> Result<Shared, StartError> {
