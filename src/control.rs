@@ -95,10 +95,19 @@ async fn script(session: &mut Session) -> pingora::Result<u16> {
 
 async fn readiness(session: &mut Session, shared: &Shared) -> pingora::Result<u16> {
     let draining = shared.draining.load(Ordering::Relaxed);
-    let routes: Vec<_> = shared
-        .routes
-        .routes()
-        .map(|route| route.describe())
+    // A route that needs sign-in is ready: that is a person's to-do, not a fault, and
+    // taking the gateway out of a load balancer would not help anyone sign in.
+    let routes: Vec<_> = status::RouteStatus::all(shared)
+        .into_iter()
+        .map(|route| {
+            json!({
+                "name": route.name,
+                "ready": !draining,
+                "auth": route.auth,
+                "sign_in": route.sign_in.map(|sign_in| sign_in.state),
+                "upstream_unreachable": route.upstream_unreachable,
+            })
+        })
         .collect();
     let (status, state) = if draining {
         (503, "draining")
@@ -114,6 +123,15 @@ async fn readiness(session: &mut Session, shared: &Shared) -> pingora::Result<u1
 }
 
 async fn metrics(session: &mut Session, shared: &Shared) -> pingora::Result<u16> {
+    let now = status::unix_now() as i64;
+    for (name, route) in &shared.oauth {
+        let expires_at = route
+            .tokens()
+            .filter(|_| route.status() == crate::oauth::SlotStatus::SignedIn)
+            .and_then(|tokens| tokens.expires_at);
+        let left = expires_at.map(|at| at as i64 - now);
+        shared.metrics.token_expiry(name, left);
+    }
     let body = Bytes::from(shared.metrics.render());
     let mut response = ResponseHeader::build(200, Some(3))?;
     response.insert_header(header::CONTENT_TYPE, "text/plain; version=0.0.4")?;

@@ -1,7 +1,9 @@
 //! The gateway's Prometheus metrics: one [`Metrics`] over one registry, served at `/metrics`.
 //!
-//! Labels are bounded: route names come from the config, methods from a fixed list, statuses
-//! are classes (`2xx`). No principal, token or session id is ever a label.
+//! Labels are bounded: route names come from the config, HTTP and JSON-RPC methods from
+//! fixed lists (anything else is `other`), statuses are classes (`2xx`). No principal, token
+//! or session id is ever a label. The process's own CPU, memory and file descriptors are
+//! exported as the standard `process_*` metrics.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -11,12 +13,16 @@ use prometheus::{
 #[derive(Debug)]
 pub(crate) struct Metrics {
     registry: Registry,
+    /// The standard `process_*` metrics, kept apart from the prefix of ours.
+    process: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
     open_streams: IntGaugeVec,
     upstream_errors: IntCounterVec,
     sign_ins: IntCounterVec,
     refreshes: IntCounterVec,
+    body_bytes: IntCounterVec,
+    token_expiry: IntGaugeVec,
 }
 
 impl Metrics {
@@ -26,9 +32,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "requests_total",
-                "Proxied requests by route, HTTP method and status class",
+                "Proxied requests by route, HTTP method, JSON-RPC method and status class",
             ),
-            &["route", "method", "status"],
+            &["route", "method", "rpc_method", "status"],
         )
         .expect("static metric definition");
         let duration = HistogramVec::new(
@@ -74,6 +80,22 @@ impl Metrics {
             &["route", "outcome"],
         )
         .expect("static metric definition");
+        let body_bytes = IntCounterVec::new(
+            Opts::new(
+                "body_bytes_total",
+                "Body bytes of proxied requests (in, from clients) and responses (out)",
+            ),
+            &["route", "direction"],
+        )
+        .expect("static metric definition");
+        let token_expiry = IntGaugeVec::new(
+            Opts::new(
+                "token_expiry_seconds",
+                "Seconds until the route's access token expires (negative once expired)",
+            ),
+            &["route"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -81,6 +103,8 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(sign_ins.clone()),
             Box::new(refreshes.clone()),
+            Box::new(body_bytes.clone()),
+            Box::new(token_expiry.clone()),
         ] {
             registry
                 .register(collector)
@@ -88,12 +112,39 @@ impl Metrics {
         }
         Self {
             registry,
+            process: Registry::new(),
             requests,
             duration,
             open_streams,
             upstream_errors,
             sign_ins,
             refreshes,
+            body_bytes,
+            token_expiry,
+        }
+        .with_process_metrics()
+    }
+
+    /// The process's CPU, memory and file descriptors (`process_*`, unprefixed, as
+    /// Prometheus conventions have them).
+    fn with_process_metrics(self) -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            let collector = prometheus::process_collector::ProcessCollector::for_self();
+            if let Err(error) = self.process.register(Box::new(collector)) {
+                tracing::debug!(%error, "process metrics unavailable");
+            }
+        }
+        self
+    }
+
+    /// Sets the seconds left on a route's access token; `None` removes the series.
+    pub(crate) fn token_expiry(&self, route: &str, seconds: Option<i64>) {
+        match seconds {
+            Some(seconds) => self.token_expiry.with_label_values(&[route]).set(seconds),
+            None => {
+                let _ = self.token_expiry.remove_label_values(&[route]);
+            }
         }
     }
 
@@ -107,13 +158,16 @@ impl Metrics {
         self.refreshes.with_label_values(&[route, outcome]).inc();
     }
 
-    /// Records one finished request to a route.
+    /// Records one finished request to a route: `rpc_method` is the JSON-RPC method its
+    /// body named (`none` without one), `bytes` its body bytes in and out.
     pub(crate) fn request_done(
         &self,
         route: &str,
         method: &http::Method,
+        rpc_method: &str,
         status: u16,
         seconds: f64,
+        bytes: (usize, usize),
     ) {
         let method = match *method {
             http::Method::GET => "GET",
@@ -128,9 +182,20 @@ impl Metrics {
             _ => "none",
         };
         self.requests
-            .with_label_values(&[route, method, class])
+            .with_label_values(&[route, method, rpc_method, class])
             .inc();
         self.duration.with_label_values(&[route]).observe(seconds);
+        let (read, sent) = bytes;
+        if read > 0 {
+            self.body_bytes
+                .with_label_values(&[route, "in"])
+                .inc_by(read as u64);
+        }
+        if sent > 0 {
+            self.body_bytes
+                .with_label_values(&[route, "out"])
+                .inc_by(sent as u64);
+        }
     }
 
     pub(crate) fn upstream_error(&self, route: &str, kind: &str) {
@@ -148,7 +213,9 @@ impl Metrics {
     pub(crate) fn render(&self) -> String {
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail on I/O, and every family is well formed.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 }

@@ -59,6 +59,9 @@ pub(crate) struct RequestCtx {
     sign_in: Option<TokenError>,
     /// Set when the gateway answered the request itself.
     answered: Option<u16>,
+    /// The JSON-RPC method of the body, for the metrics; sniffed from the first chunk.
+    rpc_method: Option<&'static str>,
+    body_seen: bool,
     _inflight: InflightGuard,
 }
 
@@ -76,6 +79,8 @@ impl ProxyHttp for GatewayProxy {
             token_refused: false,
             sign_in: None,
             answered: None,
+            rpc_method: None,
+            body_seen: false,
             _inflight: self.shared.inflight.enter(),
         }
     }
@@ -146,6 +151,12 @@ impl ProxyHttp for GatewayProxy {
     ) -> pingora::Result<()> {
         if let Some(replay) = &mut ctx.replay {
             replay.keep(body.as_ref(), end_of_stream);
+        }
+        if !ctx.body_seen
+            && let Some(chunk) = body.as_ref().filter(|chunk| !chunk.is_empty())
+        {
+            ctx.body_seen = true;
+            ctx.rpc_method = jsonrpc::sniff_method(chunk);
         }
         Ok(())
     }
@@ -270,9 +281,16 @@ impl ProxyHttp for GatewayProxy {
         let method = &session.req_header().method;
         if let Some(route) = &ctx.route {
             let seconds = ctx.started.elapsed().as_secs_f64();
-            self.shared
-                .metrics
-                .request_done(&route.name, method, status, seconds);
+            let bytes = (session.body_bytes_read(), session.body_bytes_sent());
+            let rpc_method = ctx.rpc_method.unwrap_or("none");
+            self.shared.metrics.request_done(
+                &route.name,
+                method,
+                rpc_method,
+                status,
+                seconds,
+                bytes,
+            );
         }
         let method = method.as_str();
         match error {
@@ -408,10 +426,12 @@ impl GatewayProxy {
             );
             return reply::json(session, 401, &body).await.map(Some);
         }
+        ctx.route = Some(Arc::clone(&route));
         let token = match route.tokens.bearer().await {
             Ok(token) => token,
             Err(error) => {
                 let message = jsonrpc::request_body(session).await;
+                ctx.rpc_method = message.as_ref().and_then(jsonrpc::method_label);
                 return self
                     .answer_no_token(session, &route, &error, message)
                     .await
@@ -422,7 +442,6 @@ impl GatewayProxy {
         if route.tokens.kind() == "oauth" {
             ctx.replay = Some(ReplayBody::default());
         }
-        ctx.route = Some(Arc::clone(&route));
         if is_event_stream_get(session.req_header()) {
             let status = stream::relay(session, &self.shared, &route, &url, token.as_ref()).await?;
             return Ok(Some(status));

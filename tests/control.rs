@@ -304,3 +304,126 @@ async fn loopback_callers_may_use_the_admin_api_by_default() {
             .all(|r| !r.path.starts_with("/admin"))
     );
 }
+
+/// The value of the series `series` (name and labels as the exposition writes them).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+}
+
+async fn scrape(gateway: &TestGateway) -> String {
+    browser()
+        .get(format!("{}/metrics", gateway.url()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+async fn rpc(gateway: &TestGateway, session: &str, body: Value) -> reqwest::Response {
+    browser()
+        .post(format!("{}/up/mcp", gateway.url()))
+        .header("accept", "application/json")
+        .header("mcp-session-id", session)
+        .json(&body)
+        .send()
+        .await
+        .expect("rpc")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_requests_by_json_rpc_method_and_carry_no_secret() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = oauth_gateway(&upstream, "");
+    assert_eq!(sign_in(&gateway).await.0, 200);
+    let init = serde_json::json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let response = rpc(&gateway, "", init).await;
+    let session_id = response.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let before = scrape(&gateway).await;
+
+    let call = serde_json::json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
+        "params":{"name":"echo","arguments":{"text":"counted"}}});
+    let list = serde_json::json!({"jsonrpc":"2.0","id":3,"method":"tools/list"});
+    let custom = serde_json::json!({"jsonrpc":"2.0","id":4,"method":"x-vendor/anything"});
+    let mut sent_bytes = 0;
+    for body in [&call, &call, &call, &list, &list, &custom] {
+        sent_bytes += body.to_string().len();
+        assert_eq!(rpc(&gateway, &session_id, body.clone()).await.status(), 200);
+    }
+    let after = scrape(&gateway).await;
+
+    let delta = |series: &str| sample(&after, series) - sample(&before, series);
+    let requests = |rpc: &str| {
+        format!(
+            "mcp_gateway_requests_total{{method=\"POST\",route=\"up\",rpc_method=\"{rpc}\",status=\"2xx\"}}"
+        )
+    };
+    assert_eq!(delta(&requests("tools/call")), 3.0, "{after}");
+    assert_eq!(delta(&requests("tools/list")), 2.0, "{after}");
+    assert_eq!(delta(&requests("other")), 1.0, "{after}");
+    assert!(
+        !after.contains("x-vendor"),
+        "unknown methods are not labels"
+    );
+    assert_eq!(
+        delta("mcp_gateway_request_duration_seconds_count{route=\"up\"}"),
+        6.0
+    );
+    assert_eq!(
+        delta("mcp_gateway_request_duration_seconds_bucket{route=\"up\",le=\"+Inf\"}"),
+        6.0
+    );
+    assert_eq!(
+        delta("mcp_gateway_body_bytes_total{direction=\"in\",route=\"up\"}"),
+        sent_bytes as f64
+    );
+    assert!(delta("mcp_gateway_body_bytes_total{direction=\"out\",route=\"up\"}") > 0.0);
+    let expiry = sample(&after, "mcp_gateway_token_expiry_seconds{route=\"up\"}");
+    assert!(expiry > 0.0 && expiry <= 3600.0, "{expiry}");
+    assert_eq!(
+        sample(
+            &after,
+            "mcp_gateway_sign_ins_total{outcome=\"completed\",route=\"up\"}"
+        ),
+        1.0
+    );
+    assert!(
+        sample(&after, "process_resident_memory_bytes") > 0.0,
+        "{after}"
+    );
+
+    assert!(!after.contains(&session_id), "a session id is a label");
+    for secret in upstream.oauth().issued_secrets() {
+        assert!(!after.contains(&secret), "a credential in the metrics");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_lists_each_route_and_a_pending_sign_in_is_no_fault() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = oauth_gateway(&upstream, "");
+    let health = browser()
+        .get(format!("{}/healthz", gateway.url()))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    let ready = browser()
+        .get(format!("{}/readyz", gateway.url()))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.expect("json");
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["routes"][0]["name"], "up");
+    assert_eq!(body["routes"][0]["ready"], true);
+    assert_eq!(body["routes"][0]["sign_in"], "needs_sign_in");
+}

@@ -771,7 +771,9 @@ async fn metrics_count_proxied_requests() {
     }
     let text = metrics(&gateway).await;
     assert!(
-        text.contains("mcp_gateway_requests_total{method=\"POST\",route=\"up\",status=\"2xx\"} 3"),
+        text.contains(
+            "mcp_gateway_requests_total{method=\"POST\",route=\"up\",rpc_method=\"none\",status=\"2xx\"} 3"
+        ),
         "{text}"
     );
     assert!(

@@ -79,9 +79,156 @@ pub(crate) fn sign_in_answer(message: &Value, text: &str) -> Option<Value> {
     }
 }
 
+/// The MCP methods the metrics name; any other method counts as `other`, so that a client
+/// cannot grow the label set.
+const KNOWN_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+];
+
+/// The JSON-RPC method of a request body, for the metrics, from its first bytes: a known
+/// MCP method, `other`, `batch` for an array, or `None` when `body` does not start a JSON
+/// object with a top-level string `"method"` in what it holds. Reads no further than the
+/// first complete `method` member and never allocates.
+pub(crate) fn sniff_method(body: &[u8]) -> Option<&'static str> {
+    let mut scanner = Scanner { body, at: 0 };
+    match scanner.next_non_space()? {
+        b'[' => return Some("batch"),
+        b'{' => {}
+        _ => return None,
+    }
+    loop {
+        // A member: "key" : value, at the top level of the object.
+        if scanner.next_non_space()? != b'"' {
+            return None;
+        }
+        let key = scanner.string()?;
+        if scanner.next_non_space()? != b':' {
+            return None;
+        }
+        if key == b"method" {
+            if scanner.next_non_space()? != b'"' {
+                return None;
+            }
+            let method = scanner.string()?;
+            let known = KNOWN_METHODS.iter().find(|m| m.as_bytes() == method);
+            return Some(known.copied().unwrap_or("other"));
+        }
+        scanner.skip_value()?;
+        match scanner.next_non_space()? {
+            b',' => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// The metrics' name for the method of a parsed request, as [`sniff_method`] gives it.
+pub(crate) fn method_label(message: &Value) -> Option<&'static str> {
+    match message {
+        Value::Array(_) => Some("batch"),
+        Value::Object(request) => {
+            let method = request.get("method")?.as_str()?;
+            let known = KNOWN_METHODS.iter().find(|m| **m == method);
+            Some(known.copied().unwrap_or("other"))
+        }
+        _ => None,
+    }
+}
+
+/// A cursor over JSON text, just enough to walk an object's top-level members.
+struct Scanner<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn next_non_space(&mut self) -> Option<u8> {
+        while let Some(&byte) = self.body.get(self.at) {
+            self.at += 1;
+            if !byte.is_ascii_whitespace() {
+                return Some(byte);
+            }
+        }
+        None
+    }
+
+    /// The raw bytes of a string whose opening quote was just read, escapes left as they
+    /// are (a method name has none).
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let start = self.at;
+        loop {
+            match *self.body.get(self.at)? {
+                b'\\' => self.at += 2,
+                b'"' => {
+                    self.at += 1;
+                    return Some(&self.body[start..self.at - 1]);
+                }
+                _ => self.at += 1,
+            }
+        }
+    }
+
+    /// Skips one value: a string, or anything up to the `,` or `}` that ends it at this
+    /// depth, counting brackets and skipping strings inside.
+    fn skip_value(&mut self) -> Option<()> {
+        let mut depth = 0usize;
+        loop {
+            match *self.body.get(self.at)? {
+                b'"' => {
+                    self.at += 1;
+                    self.string()?;
+                    continue;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' if depth == 0 => return Some(()),
+                b'}' | b']' => depth -= 1,
+                b',' if depth == 0 => return Some(()),
+                _ => {}
+            }
+            self.at += 1;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_method_is_sniffed_at_the_top_level_only() {
+        let sniff = |text: &str| sniff_method(text.as_bytes());
+        assert_eq!(
+            sniff(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#),
+            Some("tools/call")
+        );
+        assert_eq!(
+            sniff(
+                r#" { "params" : {"method":"ping", "x":[1,{"a":"}"}]}, "id":"a\"b", "method" : "initialize" }"#
+            ),
+            Some("initialize")
+        );
+        assert_eq!(sniff(r#"{"method":"vendor/secret-thing"}"#), Some("other"));
+        assert_eq!(sniff(r#"[{"method":"ping"}]"#), Some("batch"));
+        assert_eq!(sniff(r#"{"id":1,"result":{}}"#), None);
+        assert_eq!(sniff(r#"{"method":"tools/ca"#), None, "cut short");
+        assert_eq!(sniff("not json"), None);
+        assert_eq!(sniff(""), None);
+    }
 
     #[test]
     fn tool_calls_get_a_tool_result_with_is_error() {
