@@ -118,7 +118,7 @@ impl Inflight {
         InflightGuard(Arc::clone(&self.0))
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.0.load(Ordering::Relaxed)
     }
 }

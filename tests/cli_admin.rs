@@ -59,20 +59,26 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// A port nothing listens on right now, for a config whose address the CLI must know.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// A copy of the running gateway's config for the CLI, naming the port the gateway got
+/// (the gateway itself was started on port 0).
+fn cli_config(gateway: &TestGateway, replace: Option<(&str, &str)>) -> PathBuf {
+    let theirs = std::fs::read_to_string(gateway.dir.path().join("gateway.toml")).expect("config");
+    let port = gateway.running.local_addr().port();
+    let mut ours = theirs.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    if let Some((from, to)) = replace {
+        assert!(ours.contains(from), "{ours}");
+        ours = ours.replace(from, to);
+    }
+    let path = gateway.dir.path().join("cli.toml");
+    std::fs::write(&path, ours).expect("config");
+    path
 }
 
-fn config_text(port: u16, upstream: &MockUpstream, admin: &str) -> String {
+fn config_text(upstream: &MockUpstream, admin: &str) -> String {
     format!(
         r#"
 [server]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 [store]
 dir = "{{dir}}/store"
 {admin}
@@ -85,9 +91,9 @@ upstream = "{}"
     )
 }
 
-/// A config file for a gateway that is not running.
-fn offline_config(dir: &Path, port: u16, upstream: &MockUpstream) -> PathBuf {
-    let text = config_text(port, upstream, "").replace("{dir}", &dir.display().to_string());
+/// A config file for a gateway that is not running; `auth` listens on a port of its own.
+fn offline_config(dir: &Path, upstream: &MockUpstream) -> PathBuf {
+    let text = config_text(upstream, "").replace("{dir}", &dir.display().to_string());
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).expect("write config");
     path
@@ -137,7 +143,7 @@ async fn auth_by_following_the_printed_url(
 async fn without_a_gateway_the_commands_work_on_the_store() {
     let upstream = MockUpstream::start(MockOptions::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = offline_config(dir.path(), free_port(), &upstream);
+    let config = offline_config(dir.path(), &upstream);
 
     let (code, output) = run(&config, &["status", "--json"]).await;
     assert_eq!(code, 3, "{}", text(&output));
@@ -196,13 +202,13 @@ async fn without_a_gateway_the_commands_work_on_the_store() {
 #[tokio::test(flavor = "multi_thread")]
 async fn with_a_gateway_running_the_commands_use_its_admin_api() {
     let upstream = MockUpstream::start(MockOptions::default()).await;
-    let port = free_port();
     let admin = "[admin]\nallow_loopback = false\ntoken_file = \"{dir}/admin-token\"";
     let gateway: TestGateway = start(
-        &config_text(port, &upstream, admin),
+        &config_text(&upstream, admin),
         &[("admin-token", ADMIN_TOKEN)],
     );
-    let config = gateway.dir.path().join("gateway.toml");
+    let config = cli_config(&gateway, None);
+    let port = gateway.running.local_addr().port();
 
     let (code, output) = run(&config, &["status", "--json"]).await;
     assert_eq!(code, 3, "{}", text(&output));
@@ -264,22 +270,20 @@ async fn with_a_gateway_running_the_commands_use_its_admin_api() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_admin_token_and_bad_usage_have_their_exit_codes() {
     let upstream = MockUpstream::start(MockOptions::default()).await;
-    let port = free_port();
     let admin = "[admin]\nallow_loopback = false\ntoken_file = \"{dir}/admin-token\"";
     let gateway = start(
-        &config_text(port, &upstream, admin),
+        &config_text(&upstream, admin),
         &[("admin-token", ADMIN_TOKEN)],
     );
     // The CLI's copy of the config takes its token from a variable that holds another one.
-    let theirs = std::fs::read_to_string(gateway.dir.path().join("gateway.toml")).expect("config");
     let token_file = format!(
         "token_file = \"{}/admin-token\"",
         gateway.dir.path().display()
     );
-    let ours = theirs.replace(&token_file, "token_env = \"CLI_TEST_ADMIN_TOKEN\"");
-    assert_ne!(ours, theirs);
-    let config = gateway.dir.path().join("cli.toml");
-    std::fs::write(&config, ours).expect("config");
+    let config = cli_config(
+        &gateway,
+        Some((&token_file, "token_env = \"CLI_TEST_ADMIN_TOKEN\"")),
+    );
 
     let mut status = cli(&config, &["status"]);
     status.env("CLI_TEST_ADMIN_TOKEN", "not-the-token");

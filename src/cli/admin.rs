@@ -482,6 +482,11 @@ pub(crate) fn auth(config: Config, name: &str) -> anyhow::Result<Done> {
                     .with_context(|| format!("starting the sign-in to route '{name}'"))?;
                 show_url(name, url.as_str());
                 let result = wait_for_store(&route, started).await;
+                // The callback that completed the sign-in is still writing its page.
+                let idle_by = Instant::now() + Duration::from_secs(5);
+                while shared.inflight.count() > 0 && Instant::now() < idle_by {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 running.stop();
                 result
             }
