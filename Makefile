@@ -2,14 +2,20 @@
 
 CONFIG ?= gateway.toml
 
-.PHONY: run test lint deps bench mock
+.PHONY: run demo test lint deps bench mock
 
 ## Run the gateway on gateway.toml (release build).
 run: deps
 	cargo run --release -- serve --config $(CONFIG)
 
-## Run every test: unit, integration, the real-client interop tests and the conformance suite.
+## The whole flow with no account anywhere: mock upstream + gateway, UI on :8000.
+demo: deps
+	cargo run --release --example demo
+
+## Run every test: unit, integration, the browser test, the real-client interop tests and
+## the conformance suite.
 test: deps
+	scripts/install-test-deps.sh
 	scripts/interop-venv.sh >/dev/null
 	scripts/interop-node.sh >/dev/null
 	cargo test --all-targets

@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway (the default when no command is given).
-    Serve(ConfigArg),
+    Serve(ServeArgs),
     /// Validate the configuration and print the resolved routes; exit 1 on an error.
     Check(ConfigArg),
     /// Show each route's sign-in status; exit 3 when one needs sign-in.
@@ -77,6 +77,24 @@ enum Command {
 }
 
 #[derive(Debug, Default, clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Log lines as text for people, JSON for collectors, or text on a terminal and JSON
+    /// otherwise. What is logged follows RUST_LOG (default: info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Default, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    #[default]
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Default, clap::Args)]
 struct JsonArg {
     /// Print JSON, stable for scripts.
     #[arg(long)]
@@ -94,7 +112,7 @@ struct ConfigArg {
 impl Cli {
     /// Runs the chosen command.
     pub fn run(self) -> ExitCode {
-        let result = match self.command.unwrap_or(Command::Serve(ConfigArg::default())) {
+        let result = match self.command.unwrap_or(Command::Serve(ServeArgs::default())) {
             Command::Serve(args) => serve(args).map(|()| admin::Done::Ok),
             Command::Check(args) => check(args).map(|()| admin::Done::Ok),
             Command::Status {
@@ -133,9 +151,9 @@ fn load(args: &ConfigArg) -> anyhow::Result<Config> {
     Ok(Config::load(args.config.as_deref())?)
 }
 
-fn serve(args: ConfigArg) -> anyhow::Result<()> {
-    init_logging();
-    let config = Config::load(args.config.as_deref())?;
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let config = Config::load(args.config.config.as_deref())?;
     let gateway = Gateway::bind(config)?;
     print_banner(gateway.config(), gateway.local_addr());
     gateway.run();
@@ -191,6 +209,7 @@ fn print_banner(config: &Config, addr: std::net::SocketAddr) {
         env!("CARGO_PKG_VERSION")
     );
     let base = config.server.public_url.as_str().trim_end_matches('/');
+    let _ = writeln!(out, "  sign-in page      {base}/");
     for route in &config.routes {
         let prefix = route.prefix.trim_end_matches('/');
         let _ = writeln!(
@@ -205,16 +224,21 @@ fn print_banner(config: &Config, addr: std::net::SocketAddr) {
 /// something is wrong.
 const DEFAULT_LOG_FILTER: &str = "info,pingora_core=warn,pingora_proxy=warn";
 
-/// `RUST_LOG`-style filtering; JSON lines when stderr is not a terminal.
-fn init_logging() {
+/// `RUST_LOG`-style filtering, to stderr, as text or JSON lines.
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = if std::io::stderr().is_terminal() {
-        builder.try_init()
-    } else {
+    let json = match format {
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+        LogFormat::Text => false,
+        LogFormat::Json => true,
+    };
+    let _ = if json {
         builder.json().try_init()
+    } else {
+        builder.try_init()
     };
 }

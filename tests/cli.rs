@@ -304,3 +304,42 @@ async fn sigterm_lets_a_request_in_flight_finish_then_exits() {
     };
     assert!(status.success(), "{status}");
 }
+
+/// The first line `serve --log-format FORMAT` logs for a gateway with an OAuth route.
+fn first_log_line(format: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\ndir = \"store\"\n[[routes]]\nname = \"up\"\n\
+         prefix = \"/up\"\nupstream = \"http://127.0.0.1:9/\"\n",
+    )
+    .expect("config");
+    let mut child = gateway()
+        .args(["serve", "--log-format", format, "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let line = BufReader::new(stderr)
+        .lines()
+        .next()
+        .expect("a log line")
+        .expect("utf-8");
+    let _ = child.kill();
+    let _ = child.wait();
+    line
+}
+
+#[test]
+fn log_lines_are_text_or_json_as_asked() {
+    let json_line: serde_json::Value =
+        serde_json::from_str(&first_log_line("json")).expect("a JSON log line");
+    assert_eq!(json_line["fields"]["message"], "token store");
+    assert_eq!(json_line["level"], "INFO");
+    let text_line = first_log_line("text");
+    assert!(serde_json::from_str::<serde_json::Value>(&text_line).is_err());
+    assert!(text_line.contains("token store"), "{text_line}");
+}

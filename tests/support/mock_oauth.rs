@@ -722,11 +722,51 @@ async fn authorize(
         Ok(uri) => uri,
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
+    if server.options.consent_page && params.get("consent").map(String::as_str) != Some("yes") {
+        return consent_page(&params);
+    }
     let state = params.get("state").map(String::as_str);
     match server.approve(&params, &redirect_uri) {
         Ok(code) => redirect(&redirect_uri, &[("code", Some(&code)), ("state", state)]),
         Err(error) => error.redirect(&redirect_uri, state),
     }
+}
+
+/// The consent page: the request's parameters again, as hidden fields of a form that sends
+/// them back with `consent=yes`.
+fn consent_page(params: &HashMap<String, String>) -> Response {
+    let escape = |text: &str| {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let fields: String = params
+        .iter()
+        .map(|(key, value)| {
+            format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                escape(key),
+                escape(value)
+            )
+        })
+        .collect();
+    let scope = params.get("scope").map_or("(none)", String::as_str);
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>Mock sign-in</title></head><body style=\"font:16px system-ui;max-width:32rem;\
+         margin:3rem auto\"><h1>Mock authorization server</h1><p>A gateway asks to act for you \
+         at the mock MCP server, with scopes <code>{}</code>.</p><form method=\"get\" \
+         action=\"\">{fields}<input type=\"hidden\" name=\"consent\" value=\"yes\">\
+         <button id=\"approve\" type=\"submit\">Approve</button></form></body></html>",
+        escape(scope)
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html,
+    )
+        .into_response()
 }
 
 impl AuthServer {

@@ -101,6 +101,9 @@ pub struct MockOptions {
     pub pkce_methods: Vec<String>,
     /// Answer every valid authorize request with `error=access_denied`.
     pub deny_authorization: bool,
+    /// Show a consent page with an Approve button before approving, as a real
+    /// authorization server would; otherwise every sign-in is approved at once.
+    pub consent_page: bool,
     /// Clients known without registration.
     pub preregistered: Vec<PreregisteredClient>,
     /// Serve dynamic client registration at `/register`.
@@ -131,6 +134,7 @@ impl Default for MockOptions {
                 .into(),
             pkce_methods: vec!["S256".to_owned()],
             deny_authorization: false,
+            consent_page: false,
             preregistered: Vec::new(),
             dcr_enabled: true,
             client_metadata_documents: false,
