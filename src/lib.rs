@@ -6,11 +6,11 @@
 //! (Streamable HTTP and the legacy HTTP+SSE) without buffering.
 //!
 //! A request travels: pingora listener → [`route`] table (reserved control paths first, then
-//! the longest route prefix) → either the [`control`] plane (index, health, metrics) or the
-//! [`proxy`], which checks the caller, takes the route's token from its [`token`] source and
-//! forwards. Event-stream `GET`s run through the proxy's own stream relay, which rewrites the
-//! legacy `endpoint` event and sends keepalives; everything else streams through pingora's
-//! proxy loop. [`config`] turns `gateway.toml` (or the single-upstream environment) into a
+//! the longest route prefix) → either the [`control`] plane (the UI, sign-in, admin API,
+//! health, metrics) or the [`proxy`], which checks the caller, takes the route's token from
+//! its [`token`] source and forwards. Event-stream `GET`s run through the proxy's own stream
+//! relay, which rewrites the legacy `endpoint` event and sends keepalives; everything else
+//! streams through pingora's proxy loop. [`config`] turns `gateway.toml` (or the single-upstream environment) into a
 //! validated `Config`, and [`gateway`] binds the sockets and runs pingora.
 
 pub mod cli;

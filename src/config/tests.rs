@@ -1042,3 +1042,36 @@ fn oauth_keys_are_refused_where_they_cannot_apply() {
             .contains("client_secret_basic needs client_secret_env or client_secret_file")
     );
 }
+
+#[test]
+fn admin_defaults_to_loopback_without_a_token() {
+    let config = load_ok(ONE_ROUTE);
+    assert!(config.admin.allow_loopback);
+    assert_eq!(config.admin.token, None);
+}
+
+#[test]
+fn admin_token_comes_from_one_source_and_unknown_keys_are_named() {
+    let both = message(&with_route(
+        "[admin]\ntoken_env = \"HOME\"\ntoken_file = \"/etc/hostname\"\n",
+    ));
+    assert!(
+        both.contains("admin.token_file") && both.contains("not both"),
+        "{both}"
+    );
+    let unset = message(&with_route("[admin]\ntoken_env = \"NO_SUCH_ADMIN_VAR\"\n"));
+    assert!(
+        unset.contains("admin.token_env") && unset.contains("NO_SUCH_ADMIN_VAR"),
+        "{unset}"
+    );
+    let unknown = message(&with_route("[admin]\ntoken = \"inline\"\n"));
+    assert!(unknown.contains("admin.token: unknown field"), "{unknown}");
+    let config = load_ok(&with_route(
+        "[admin]\nallow_loopback = false\ntoken_env = \"HOME\"\n",
+    ));
+    assert!(!config.admin.allow_loopback);
+    assert_eq!(
+        config.admin.token,
+        Some(crate::config::BearerSource::Env("HOME".into()))
+    );
+}
