@@ -95,6 +95,9 @@ pub(crate) struct TlsConfig {
 /// The `[admin]` section: who may use the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AdminConfig {
+    /// A listener of its own for the admin API and `/metrics`, which the main listener then
+    /// no longer serves.
+    pub(crate) listen: Option<SocketAddr>,
     /// Where the admin token is read from; `None` when there is none.
     pub(crate) token: Option<BearerSource>,
     /// Callers on loopback need no token.

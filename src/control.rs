@@ -27,11 +27,40 @@ use crate::oauth::OAuthRoute;
 use crate::proxy::reply;
 use subtle::ConstantTimeEq;
 
+/// Which of the gateway's pages a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plane {
+    /// The only listener: every page.
+    Both,
+    /// The main listener when an admin listener exists: all but the admin API and metrics.
+    Public,
+    /// The admin listener: the admin API, metrics and health.
+    Admin,
+}
+
 /// Answers a request for a reserved path; returns the status sent.
-pub(crate) async fn serve(session: &mut Session, shared: &Shared) -> pingora::Result<u16> {
+pub(crate) async fn serve(
+    session: &mut Session,
+    shared: &Shared,
+    plane: Plane,
+) -> pingora::Result<u16> {
     let path = session.req_header().uri.path().to_owned();
     let method = session.req_header().method.clone();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let admin_path = matches!(segments.as_slice(), ["metrics"] | ["admin", ..]);
+    let health_path = matches!(segments.as_slice(), ["healthz"] | ["readyz"]);
+    let elsewhere = match plane {
+        Plane::Both => None,
+        Plane::Public if admin_path => Some("served on the gateway's admin listener"),
+        Plane::Admin if !admin_path && !health_path => {
+            Some("not served on the admin listener, which has only /admin/api, /metrics and health")
+        }
+        Plane::Public | Plane::Admin => None,
+    };
+    if let Some(reason) = elsewhere {
+        let body = reply::error_body("not_found", format!("{path} is {reason}"));
+        return reply::json(session, 404, &body).await;
+    }
     match (&method, segments.as_slice()) {
         (&Method::GET, [""]) => index(session, shared).await,
         (&Method::GET, _) if path == ui::SCRIPT_PATH => script(session).await,

@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     pub(crate) oauth: HashMap<String, Arc<OAuthRoute>>,
     pub(crate) flows: PendingFlows,
     pub(crate) admin: AdminAuth,
+    /// The admin listener, when the admin API and `/metrics` have one of their own.
+    pub(crate) admin_listener: Option<SocketAddr>,
     /// The token the UI's forms carry, so that a page elsewhere cannot post them.
     pub(crate) csrf: crate::secret::Secret,
 }
@@ -140,6 +142,8 @@ pub struct Gateway {
     shared: Arc<Shared>,
     listener: OwnedFd,
     addr: SocketAddr,
+    /// The admin listener's socket and address, when `[admin] listen` asks for one.
+    admin: Option<(OwnedFd, SocketAddr)>,
 }
 
 impl Gateway {
@@ -150,13 +154,21 @@ impl Gateway {
         if config.server.public_url.port() == Some(0) {
             let _ = config.server.public_url.set_port(Some(addr.port()));
         }
+        let admin = config.admin.listen.map(bind).transpose()?;
+        config.admin.listen = admin.as_ref().map(|(_, addr)| *addr);
         let shared = Arc::new(build_shared(&config)?);
         Ok(Self {
             config,
             shared,
             listener,
             addr,
+            admin,
         })
+    }
+
+    /// The admin listener's address, when there is one (with its real port).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The address the gateway listens on (with the real port when port 0 was asked for).
@@ -188,6 +200,7 @@ impl Gateway {
     pub fn spawn(self) -> RunningGateway {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let addr = self.addr;
+        let admin_addr = self.admin_addr();
         let server = self.into_server();
         let thread = std::thread::spawn(move || {
             server.run(RunArgs {
@@ -196,6 +209,7 @@ impl Gateway {
         });
         RunningGateway {
             addr,
+            admin_addr,
             stop,
             thread: Some(thread),
         }
@@ -227,9 +241,16 @@ impl Gateway {
             }
             None => service.add_tcp(&addr),
         }
+        let mut sockets = vec![(addr, self.listener)];
+        if let Some((socket, admin_addr)) = self.admin {
+            // Plain HTTP: the admin listener is for loopback or an internal network.
+            let admin_addr = admin_addr.to_string();
+            service.add_tcp(&admin_addr);
+            sockets.push((admin_addr, socket));
+        }
         server.add_service(Prebound {
             inner: service,
-            sockets: vec![(addr, self.listener)],
+            sockets,
         });
         if !self.shared.oauth.is_empty() {
             let refreshers = Refreshers(self.shared.oauth.values().cloned().collect());
@@ -246,6 +267,7 @@ impl Gateway {
 #[derive(Debug)]
 pub struct RunningGateway {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     stop: tokio::sync::watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -253,6 +275,11 @@ pub struct RunningGateway {
 impl RunningGateway {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's address, when the config asks for one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Stops serving at once and waits for the gateway's threads to end.
@@ -304,6 +331,7 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
         oauth,
         flows: PendingFlows::new(config.server.sign_in_timeout),
         admin: AdminAuth::new(&config.admin).map_err(StartError::AdminToken)?,
+        admin_listener: config.admin.listen,
         csrf: crate::secret::Secret::new(oauth2::CsrfToken::new_random().secret().clone()),
     })
 }

@@ -26,6 +26,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use url::Url;
 
+use crate::control::Plane;
 use crate::gateway::{InflightGuard, Shared};
 use crate::route::{Destination, Route};
 use crate::token::{AccessToken, TokenError};
@@ -92,8 +93,20 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         let path = session.req_header().uri.path().to_owned();
+        if self.on_admin_listener(session) {
+            // Only the admin API, metrics and health live there; nothing is proxied.
+            let status = crate::control::serve(session, &self.shared, Plane::Admin).await?;
+            ctx.answered = Some(status);
+            return Ok(true);
+        }
         let status = match self.shared.routes.lookup(&path) {
-            Destination::Control => crate::control::serve(session, &self.shared).await?,
+            Destination::Control => {
+                let plane = match self.shared.admin_listener {
+                    Some(_) => Plane::Public,
+                    None => Plane::Both,
+                };
+                crate::control::serve(session, &self.shared, plane).await?
+            }
             Destination::NotFound => self.not_found(session, &path).await?,
             Destination::Route(route, rest) => {
                 let route = Arc::clone(route);
@@ -313,6 +326,18 @@ impl ProxyHttp for GatewayProxy {
 }
 
 impl GatewayProxy {
+    /// Whether the request came in on the admin listener.
+    fn on_admin_listener(&self, session: &Session) -> bool {
+        let Some(admin) = self.shared.admin_listener else {
+            return false;
+        };
+        let local = session.server_addr().and_then(|addr| addr.as_inet());
+        local.is_some_and(|local| {
+            local.port() == admin.port()
+                && (admin.ip().is_unspecified() || local.ip() == admin.ip())
+        })
+    }
+
     /// A 403 that says `insufficient_scope`: recorded for the next sign-in, and answered in
     /// the client's terms; any other 403 passes through.
     fn check_scope(&self, response: &ResponseHeader, ctx: &mut RequestCtx) -> pingora::Result<()> {

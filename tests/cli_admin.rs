@@ -300,3 +300,24 @@ async fn a_refused_admin_token_and_bad_usage_have_their_exit_codes() {
     let (code, output) = run(&config, &["clear"]).await;
     assert_eq!(code, 2, "{}", text(&output));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_commands_follow_the_admin_api_to_its_own_listener() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = start(
+        &config_text(&upstream, "[admin]\nlisten = \"127.0.0.1:0\""),
+        &[],
+    );
+    let main = gateway.running.local_addr().port();
+    let admin = gateway.running.admin_addr().expect("admin listener").port();
+    let theirs = std::fs::read_to_string(gateway.dir.path().join("gateway.toml")).expect("config");
+    let ours = theirs
+        .replacen("127.0.0.1:0", &format!("127.0.0.1:{main}"), 1)
+        .replacen("127.0.0.1:0", &format!("127.0.0.1:{admin}"), 1);
+    let config = gateway.dir.path().join("cli.toml");
+    std::fs::write(&config, ours).expect("config");
+
+    let (code, output) = run(&config, &["status", "--json"]).await;
+    assert_eq!(code, 3, "{}", text(&output));
+    assert_eq!(json(&output)["source"], "gateway");
+}

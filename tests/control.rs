@@ -427,3 +427,59 @@ async fn readiness_lists_each_route_and_a_pending_sign_in_is_no_fault() {
     assert_eq!(body["routes"][0]["ready"], true);
     assert_eq!(body["routes"][0]["sign_in"], "needs_sign_in");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_listener_takes_the_admin_api_and_metrics_off_the_main_one() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = start(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+dir = "{{dir}}/store"
+[admin]
+listen = "127.0.0.1:0"
+[[routes]]
+name = "up"
+prefix = "/up"
+upstream = "{}"
+"#,
+            upstream.base_url()
+        ),
+        &[],
+    );
+    let admin = format!(
+        "http://{}",
+        gateway.running.admin_addr().expect("an admin listener")
+    );
+    let get = |url: String| async move { browser().get(url).send().await.expect("get") };
+
+    // The main listener no longer serves them...
+    for path in ["/metrics", "/admin/api/routes"] {
+        let response = get(format!("{}{path}", gateway.url())).await;
+        assert_eq!(response.status(), 404, "{path} on the main listener");
+        let body: Value = response.json().await.expect("json");
+        assert!(
+            body["message"]
+                .as_str()
+                .expect("message")
+                .contains("admin listener")
+        );
+    }
+    // ...the admin listener does, with health, and nothing else.
+    for path in ["/metrics", "/admin/api/routes", "/healthz", "/readyz"] {
+        assert_eq!(get(format!("{admin}{path}")).await.status(), 200, "{path}");
+    }
+    for path in ["/", "/up/mcp", "/auth/up/start"] {
+        assert_eq!(get(format!("{admin}{path}")).await.status(), 404, "{path}");
+    }
+    assert!(
+        upstream.state().requests().is_empty(),
+        "nothing on the admin listener reaches the upstream"
+    );
+    // The page and sign-in stay on the main listener.
+    let (_, html) = page(&gateway).await;
+    assert!(html.contains("needs sign-in"));
+    assert_eq!(sign_in(&gateway).await.0, 200);
+}

@@ -44,8 +44,8 @@ struct AdminClient {
 
 impl AdminClient {
     fn new(config: &Config) -> anyhow::Result<Self> {
-        let listen = config.server.listen;
-        let base = if config.server.tls.is_some() {
+        let listen = admin_address(config);
+        let base = if config.server.tls.is_some() && config.admin.listen.is_none() {
             config.server.public_url.clone()
         } else {
             // The gateway listens on every address or on this one; loopback reaches both.
@@ -119,6 +119,11 @@ impl AdminClient {
     }
 }
 
+/// Where the admin API listens: the admin listener, or else the main one.
+fn admin_address(config: &Config) -> std::net::SocketAddr {
+    config.admin.listen.unwrap_or(config.server.listen)
+}
+
 fn message(body: &Value) -> String {
     body["message"]
         .as_str()
@@ -128,7 +133,7 @@ fn message(body: &Value) -> String {
 impl Backend {
     /// The running gateway when one answers, else the store.
     async fn connect(config: &Config) -> anyhow::Result<Self> {
-        if config.server.listen.port() != 0 {
+        if admin_address(config).port() != 0 {
             let client = AdminClient::new(config)?;
             if client.send(reqwest::Method::GET, "routes").await?.is_some() {
                 return Ok(Backend::Gateway(client));

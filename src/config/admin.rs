@@ -3,6 +3,9 @@
 //! Callers on loopback may use it without a token unless `allow_loopback = false`. Anyone
 //! else sends `Authorization: Bearer <token>`, the token coming from `token_env` or
 //! `token_file` (never inline), or from `$MCP_GATEWAY_ADMIN_TOKEN` when neither is set.
+//! With `listen`, the admin API and `/metrics` move to a listener of their own.
+
+use std::net::SocketAddr;
 
 use toml::Spanned;
 
@@ -30,7 +33,22 @@ pub(super) fn check(raw: RawAdmin, checker: &mut Checker<'_>) -> Option<AdminCon
             None
         }
     };
+    let listen = match &raw.listen {
+        None => Some(None),
+        Some(text) => match text.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => Some(Some(addr)),
+            Err(source) => {
+                let kind = FieldErrorKind::InvalidListen {
+                    value: text.get_ref().clone(),
+                    source,
+                };
+                checker.fail("admin.listen".into(), Some(text.span()), kind);
+                None
+            }
+        },
+    };
     Some(AdminConfig {
+        listen: listen?,
         token: token?,
         allow_loopback: raw.allow_loopback.unwrap_or(true),
     })

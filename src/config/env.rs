@@ -120,6 +120,7 @@ pub(super) fn single_upstream(env: &dyn Env) -> Result<Config, Vec<FieldError>> 
                 dir,
             },
             admin: AdminConfig {
+                listen: None,
                 token: super::admin::default_token(env),
                 allow_loopback: true,
             },

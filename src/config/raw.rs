@@ -53,6 +53,7 @@ pub(super) struct RawTls {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
+    pub(super) listen: Option<Spanned<String>>,
     pub(super) token_env: Option<Spanned<String>>,
     pub(super) token_file: Option<Spanned<String>>,
     pub(super) allow_loopback: Option<bool>,
