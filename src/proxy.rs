@@ -63,6 +63,8 @@ pub(crate) struct RequestCtx {
     /// The JSON-RPC method of the body, for the metrics; sniffed from the first chunk.
     rpc_method: Option<&'static str>,
     body_seen: bool,
+    /// The request's span (at `debug`): route, method, JSON-RPC method, status, elapsed.
+    span: tracing::Span,
     _inflight: InflightGuard,
 }
 
@@ -82,6 +84,7 @@ impl ProxyHttp for GatewayProxy {
             answered: None,
             rpc_method: None,
             body_seen: false,
+            span: tracing::Span::none(),
             _inflight: self.shared.inflight.enter(),
         }
     }
@@ -93,6 +96,14 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         let path = session.req_header().uri.path().to_owned();
+        ctx.span = tracing::debug_span!(
+            "request",
+            method = %session.req_header().method,
+            route = tracing::field::Empty,
+            rpc_method = tracing::field::Empty,
+            status = tracing::field::Empty,
+            elapsed_ms = tracing::field::Empty,
+        );
         if self.on_admin_listener(session) {
             // Only the admin API, metrics and health live there; nothing is proxied.
             let status = crate::control::serve(session, &self.shared, Plane::Admin).await?;
@@ -306,12 +317,19 @@ impl ProxyHttp for GatewayProxy {
             );
         }
         let method = method.as_str();
+        let span = &ctx.span;
+        span.record("status", status);
+        span.record("elapsed_ms", elapsed_ms);
+        if let Some(rpc_method) = ctx.rpc_method {
+            span.record("rpc_method", rpc_method);
+        }
         match error {
             Some(error) if client_went_away(error) => {
-                tracing::debug!(route, method, elapsed_ms, "client closed the connection")
+                tracing::debug!(parent: span, route, method, elapsed_ms, "client closed the connection")
             }
             Some(error) if status >= 500 || status == 0 => {
                 tracing::warn!(
+                    parent: span,
                     route,
                     method,
                     status,
@@ -320,7 +338,7 @@ impl ProxyHttp for GatewayProxy {
                     "request failed"
                 )
             }
-            _ => tracing::debug!(route, method, status, elapsed_ms, "request"),
+            _ => tracing::debug!(parent: span, route, method, status, elapsed_ms, "request"),
         }
     }
 }
@@ -355,7 +373,7 @@ impl GatewayProxy {
         let (Some(route), Some(scope)) = (&ctx.route, challenge.scope) else {
             return Ok(());
         };
-        tracing::info!(route = %route.name, %scope, "upstream asks for more scope; the next sign-in requests it");
+        tracing::info!(parent: &ctx.span, route = %route.name, %scope, "upstream asks for more scope; the next sign-in requests it");
         ctx.sign_in = route.tokens.scope_required(&scope);
         match ctx.sign_in {
             Some(_) => Error::e_explain(ErrorType::HTTPStatus(403), "insufficient scope"),
@@ -393,7 +411,7 @@ impl GatewayProxy {
         if let Some(status) = resent {
             return Ok(status);
         }
-        tracing::warn!(route = %route.name, "upstream refused a refreshed token; the route needs sign-in");
+        tracing::warn!(parent: &ctx.span, route = %route.name, "upstream refused a refreshed token; the route needs sign-in");
         let error = match route
             .tokens
             .give_up("the upstream refused the refreshed token")
@@ -452,6 +470,7 @@ impl GatewayProxy {
             return reply::json(session, 401, &body).await.map(Some);
         }
         ctx.route = Some(Arc::clone(&route));
+        ctx.span.record("route", route.name.as_str());
         let token = match route.tokens.bearer().await {
             Ok(token) => token,
             Err(error) => {

@@ -343,3 +343,72 @@ fn log_lines_are_text_or_json_as_asked() {
     assert!(serde_json::from_str::<serde_json::Value>(&text_line).is_err());
     assert!(text_line.contains("token store"), "{text_line}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_proxied_request_logs_one_line_in_a_span_with_its_outcome() {
+    let upstream = MockUpstream::start(MockOptions {
+        token: "t".into(),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), "t").expect("token");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nname = \"up\"\nprefix = \"/up\"\n\
+             upstream = \"{}\"\nauth = {{ kind = \"bearer\", token_file = \"token\" }}\n",
+            upstream.base_url()
+        ),
+    )
+    .expect("config");
+    let mut child = gateway()
+        .env("RUST_LOG", "warn,mcp_u2m_gateway=debug")
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let url = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| line.split("listening on ").nth(1).map(str::to_owned))
+        .expect("address");
+    let status = reqwest::Client::new()
+        .post(format!("{url}/up/mcp"))
+        .header("accept", "application/json")
+        .json(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+            "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}))
+        .send()
+        .await
+        .expect("post")
+        .status();
+    assert_eq!(status, 200);
+
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let line = tokio::task::spawn_blocking(move || {
+        stderr
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
+            .find(|line| line["fields"]["message"] == "request")
+    })
+    .await
+    .expect("join")
+    .expect("a request line");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(line["level"], "DEBUG");
+    assert_eq!(line["fields"]["route"], "up");
+    assert_eq!(line["fields"]["status"], 200);
+    let span = &line["span"];
+    assert_eq!(span["name"], "request");
+    assert_eq!(span["route"], "up");
+    assert_eq!(span["method"], "POST");
+    assert_eq!(span["rpc_method"], "initialize");
+    assert_eq!(span["status"], 200);
+    assert!(span["elapsed_ms"].is_u64(), "{line}");
+}
