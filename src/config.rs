@@ -73,6 +73,10 @@ pub(crate) struct ServerConfig {
     pub(crate) threads: usize,
     pub(crate) allow_anonymous: bool,
     pub(crate) api_keys: Vec<ApiKeyHash>,
+    /// Host names beyond `localhost` and the public URL's host that requests may name.
+    pub(crate) allowed_hosts: Vec<String>,
+    /// Origins (`scheme://host[:port]`) of browser-based clients allowed cross-origin.
+    pub(crate) allowed_origins: Vec<String>,
     /// `None` turns the keepalive comments on idle SSE streams off.
     pub(crate) sse_keepalive: Option<Duration>,
     pub(crate) connect_timeout: Duration,
@@ -311,6 +315,14 @@ pub(crate) enum FieldErrorKind {
         #[source]
         source: std::net::AddrParseError,
     },
+
+    #[error("`{value}` is not a host name: give the bare name, like mcp.example.com")]
+    InvalidHost { value: String },
+
+    #[error(
+        "`{value}` is not an origin: give scheme, host and port only, like http://localhost:6274"
+    )]
+    InvalidOrigin { value: String },
 
     #[error("`{value}` is not a port number")]
     InvalidPort { value: String },

@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     pub(crate) oauth: HashMap<String, Arc<OAuthRoute>>,
     pub(crate) flows: PendingFlows,
     pub(crate) admin: AdminAuth,
+    /// Which `Host` and `Origin` values requests may carry.
+    pub(crate) origins: crate::proxy::origin::OriginPolicy,
     /// The admin listener, when the admin API and `/metrics` have one of their own.
     pub(crate) admin_listener: Option<SocketAddr>,
     /// The token the UI's forms carry, so that a page elsewhere cannot post them.
@@ -332,6 +334,13 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
         flows: PendingFlows::new(config.server.sign_in_timeout),
         admin: AdminAuth::new(&config.admin).map_err(StartError::AdminToken)?,
         admin_listener: config.admin.listen,
+        origins: crate::proxy::origin::OriginPolicy::new(
+            config.server.listen,
+            &config.server.public_url,
+            &config.server.allowed_hosts,
+            &config.server.allowed_origins,
+            config.server.databricks,
+        ),
         csrf: crate::secret::Secret::new(oauth2::CsrfToken::new_random().secret().clone()),
     })
 }

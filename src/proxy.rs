@@ -10,6 +10,7 @@
 pub(crate) mod headers;
 pub(crate) mod inbound;
 pub(crate) mod jsonrpc;
+pub(crate) mod origin;
 pub(crate) mod replay;
 pub(crate) mod reply;
 pub(crate) mod sse;
@@ -63,6 +64,8 @@ pub(crate) struct RequestCtx {
     /// The JSON-RPC method of the body, for the metrics; sniffed from the first chunk.
     rpc_method: Option<&'static str>,
     body_seen: bool,
+    /// The allow-listed cross-origin `Origin` to answer CORS for.
+    cors: Option<String>,
     /// The request's span (at `debug`): route, method, JSON-RPC method, status, elapsed.
     span: tracing::Span,
     _inflight: InflightGuard,
@@ -84,6 +87,7 @@ impl ProxyHttp for GatewayProxy {
             answered: None,
             rpc_method: None,
             body_seen: false,
+            cors: None,
             span: tracing::Span::none(),
             _inflight: self.shared.inflight.enter(),
         }
@@ -104,6 +108,10 @@ impl ProxyHttp for GatewayProxy {
             status = tracing::field::Empty,
             elapsed_ms = tracing::field::Empty,
         );
+        if let Some(status) = self.guard_origin(session, ctx).await? {
+            ctx.answered = Some(status);
+            return Ok(true);
+        }
         if self.on_admin_listener(session) {
             // Only the admin API, metrics and health live there; nothing is proxied.
             let status = crate::control::serve(session, &self.shared, Plane::Admin).await?;
@@ -195,6 +203,9 @@ impl ProxyHttp for GatewayProxy {
             route.set_upstream_unreachable(false);
         }
         headers::prepare_downstream(upstream_response);
+        if let Some(allowed) = &ctx.cors {
+            origin::add_cors(upstream_response, allowed);
+        }
         Ok(())
     }
 
@@ -344,6 +355,54 @@ impl ProxyHttp for GatewayProxy {
 }
 
 impl GatewayProxy {
+    /// Refuses a foreign `Host` or `Origin` (and answers an allowed CORS preflight); `None`
+    /// lets the request go on.
+    async fn guard_origin(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<u16>> {
+        let refusal = match self.shared.origins.check(session.req_header()) {
+            origin::Verdict::Allowed { cors } => {
+                ctx.cors = cors;
+                None
+            }
+            origin::Verdict::ForeignHost(host) => Some(reply::error_body(
+                "forbidden_host",
+                format!(
+                    "this gateway does not serve the host '{host}' (DNS rebinding protection); \
+                     if it is yours, add it to server.allowed_hosts"
+                ),
+            )),
+            origin::Verdict::ForeignOrigin(origin) => Some(reply::error_body(
+                "forbidden_origin",
+                format!(
+                    "requests from the web origin '{origin}' are refused; to let a browser-based \
+                     MCP client there in, add it to server.allowed_origins"
+                ),
+            )),
+        };
+        if let Some(body) = refusal {
+            tracing::debug!(parent: &ctx.span, "refused a request from a foreign host or origin");
+            return reply::json(session, 403, &body).await.map(Some);
+        }
+        let request = session.req_header();
+        let preflight = request.method == http::Method::OPTIONS
+            && request
+                .headers
+                .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD);
+        match &ctx.cors {
+            Some(allowed) if preflight => {
+                let response = origin::preflight_response(allowed)?;
+                session
+                    .write_response_header(Box::new(response), true)
+                    .await?;
+                Ok(Some(204))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Whether the request came in on the admin listener.
     fn on_admin_listener(&self, session: &Session) -> bool {
         let Some(admin) = self.shared.admin_listener else {
@@ -406,8 +465,17 @@ impl GatewayProxy {
             Ok(token) => token,
             Err(error) => return self.answer_no_token(session, &route, &error, message).await,
         };
-        let resent =
-            stream::resend(session, &self.shared, &route, &url, token.as_ref(), body).await?;
+        let cors = ctx.cors.as_deref();
+        let resent = stream::resend(
+            session,
+            &self.shared,
+            &route,
+            &url,
+            token.as_ref(),
+            body,
+            cors,
+        )
+        .await?;
         if let Some(status) = resent {
             return Ok(status);
         }
@@ -487,7 +555,9 @@ impl GatewayProxy {
             ctx.replay = Some(ReplayBody::default());
         }
         if is_event_stream_get(session.req_header()) {
-            let status = stream::relay(session, &self.shared, &route, &url, token.as_ref()).await?;
+            let cors = ctx.cors.as_deref();
+            let status =
+                stream::relay(session, &self.shared, &route, &url, token.as_ref(), cors).await?;
             return Ok(Some(status));
         }
         ctx.upstream_url = Some(url);

@@ -12,6 +12,9 @@
 //! authorization-code client can take part in. The suite's `extensions` (client credentials,
 //! cross-app access) are machine-to-machine grants, which a gateway that signs people in
 //! does not use.
+//!
+//! The suite's server scenario `dns-rebinding-protection` runs against the gateway as the
+//! server: a route on `localhost` must refuse a rebound `Host`/`Origin` and serve its own.
 
 mod support;
 
@@ -20,7 +23,9 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
+use support::gateway::single_route;
 use support::interop::{conformance, node, python, repo_file};
+use support::mock_upstream::{MockOptions, MockUpstream};
 
 /// Every scenario this test must see graded, by suite.
 const SUITES: &[(&str, &[&str])] = &[
@@ -107,6 +112,29 @@ fn run_suite(suite: &str, out: &Path) {
     );
 }
 
+/// The grades in one scenario's `checks.json`.
+fn read_grades(run: &Path) -> Grades {
+    let text = std::fs::read_to_string(run.join("checks.json")).expect("checks.json");
+    let checks: Vec<Value> = serde_json::from_str(&text).expect("checks are JSON");
+    let mut grades = Grades::default();
+    for check in checks {
+        match check["status"].as_str() {
+            Some("SUCCESS") => grades.passed += 1,
+            Some("FAILURE" | "WARNING") => grades.problems.push(format!(
+                "{} {}: {}",
+                check["status"].as_str().unwrap_or_default(),
+                check["id"].as_str().unwrap_or_default(),
+                check["errorMessage"]
+                    .as_str()
+                    .or(check["description"].as_str())
+                    .unwrap_or_default()
+            )),
+            _ => {}
+        }
+    }
+    grades
+}
+
 /// Reads every scenario's grades under `out`.
 fn grades(out: &Path) -> BTreeMap<String, Grades> {
     let mut found = BTreeMap::new();
@@ -123,24 +151,10 @@ fn grades(out: &Path) -> BTreeMap<String, Grades> {
             let scenario = &name[..name.len().saturating_sub(TIMESTAMP_SUFFIX.len())];
             let prefix = suite_dir.file_name().expect("dir").to_string_lossy();
             let key = format!("{prefix}/{scenario}");
-            let text = std::fs::read_to_string(run.join("checks.json")).expect("checks.json");
-            let checks: Vec<Value> = serde_json::from_str(&text).expect("checks are JSON");
-            let grades: &mut Grades = found.entry(key).or_default();
-            for check in checks {
-                match check["status"].as_str() {
-                    Some("SUCCESS") => grades.passed += 1,
-                    Some("FAILURE" | "WARNING") => grades.problems.push(format!(
-                        "{} {}: {}",
-                        check["status"].as_str().unwrap_or_default(),
-                        check["id"].as_str().unwrap_or_default(),
-                        check["errorMessage"]
-                            .as_str()
-                            .or(check["description"].as_str())
-                            .unwrap_or_default()
-                    )),
-                    _ => {}
-                }
-            }
+            let grades = read_grades(&run);
+            let entry: &mut Grades = found.entry(key).or_default();
+            entry.passed += grades.passed;
+            entry.problems.extend(grades.problems);
         }
     }
     found
@@ -178,4 +192,43 @@ fn the_gateway_passes_the_conformance_suites_client_auth_scenarios() {
         "conformance problems:\n{}",
         failures.join("\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_passes_the_suites_dns_rebinding_scenario() {
+    let upstream = MockUpstream::start(MockOptions {
+        token: "dns-token".into(),
+        ..Default::default()
+    })
+    .await;
+    let gateway = single_route("/up", upstream.base_url(), "dns-token", "");
+    let url = format!(
+        "http://localhost:{}/up/mcp",
+        gateway.running.local_addr().port()
+    );
+    let out = tempfile::tempdir().expect("tempdir");
+    let (node, suite, dir) = (node(), conformance(), out.path().to_owned());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(node)
+            .arg(suite)
+            .args(["server", "--scenario", "dns-rebinding-protection", "--url"])
+            .arg(url)
+            .arg("--output-dir")
+            .arg(dir)
+            .output()
+            .expect("run the conformance suite")
+    })
+    .await
+    .expect("join");
+    println!("{}", String::from_utf8_lossy(&output.stdout));
+
+    let run = std::fs::read_dir(out.path())
+        .expect("results")
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| path.to_string_lossy().contains("dns-rebinding-protection"))
+        .expect("the scenario's results");
+    let grades = read_grades(&run);
+    assert_eq!(grades.passed, 2, "{grades:?}");
+    assert!(grades.problems.is_empty(), "{:?}", grades.problems);
 }

@@ -151,12 +151,18 @@ auth = {{ kind = "bearer", token_file = "{{dir}}/t" }}
 #[tokio::test(flavor = "multi_thread")]
 async fn client_credentials_never_reach_the_upstream_and_the_route_token_does() {
     let upstream = mock(MockOptions::default()).await;
-    let gateway = single_route("/up", upstream.base_url(), TOKEN, "");
+    // An allow-listed browser client's Origin passes the gateway but not to the upstream.
+    let gateway = single_route(
+        "/up",
+        upstream.base_url(),
+        TOKEN,
+        "allowed_origins = [\"https://app.example\"]",
+    );
     let echo: Value = client()
         .post(format!("{}/up/anything", gateway.url()))
         .header("authorization", "Bearer client-secret")
         .header("cookie", "session=client-cookie")
-        .header("origin", "https://evil.example")
+        .header("origin", "https://app.example")
         .header("connection", "x-hop-header")
         .header("x-hop-header", "hop")
         .header("proxy-authorization", "Basic abc")

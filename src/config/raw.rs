@@ -36,6 +36,10 @@ pub(super) struct RawServer {
     pub(super) allow_anonymous: bool,
     #[serde(default)]
     pub(super) api_keys: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) allowed_hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) allowed_origins: Vec<Spanned<String>>,
     pub(super) sse_keepalive_secs: Option<u64>,
     pub(super) connect_timeout_secs: Option<Spanned<u64>>,
     pub(super) read_timeout_secs: Option<Spanned<u64>>,

@@ -130,6 +130,8 @@ pub(super) fn default_server(listen: SocketAddr, databricks: bool) -> ServerConf
         threads: default_threads(),
         allow_anonymous: false,
         api_keys: Vec::new(),
+        allowed_hosts: Vec::new(),
+        allowed_origins: Vec::new(),
         sse_keepalive: Some(Duration::from_secs(DEFAULT_SSE_KEEPALIVE_SECS)),
         connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
         read_timeout: Duration::from_secs(DEFAULT_READ_TIMEOUT_SECS),
@@ -148,6 +150,8 @@ fn server(raw: RawServer, checker: &mut Checker<'_>) -> Option<ServerConfig> {
     let public_url = public_url(raw.public_url.as_ref(), listen, tls.as_ref(), checker);
     let threads = threads(raw.threads.as_ref(), checker);
     let api_keys = api_keys(&raw.api_keys, checker);
+    let allowed_hosts = allowed_hosts(&raw.allowed_hosts, checker);
+    let allowed_origins = allowed_origins(&raw.allowed_origins, checker);
     let connect_timeout = timeout(
         "server.connect_timeout_secs",
         raw.connect_timeout_secs.as_ref(),
@@ -184,6 +188,8 @@ fn server(raw: RawServer, checker: &mut Checker<'_>) -> Option<ServerConfig> {
         threads: threads?,
         allow_anonymous: raw.allow_anonymous,
         api_keys: api_keys?,
+        allowed_hosts: allowed_hosts?,
+        allowed_origins: allowed_origins?,
         sse_keepalive: (keepalive_secs > 0).then(|| Duration::from_secs(keepalive_secs)),
         connect_timeout: connect_timeout?,
         read_timeout: read_timeout?,
@@ -309,6 +315,58 @@ fn threads(raw: Option<&Spanned<usize>>, checker: &mut Checker<'_>) -> Option<us
 
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+/// `server.allowed_hosts`: bare host names (no scheme, port or path).
+fn allowed_hosts(raw: &[Spanned<String>], checker: &mut Checker<'_>) -> Option<Vec<String>> {
+    let mut ok = true;
+    for (index, host) in raw.iter().enumerate() {
+        let text = host.get_ref();
+        let bare = !text.is_empty()
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !bare {
+            ok = false;
+            let kind = FieldErrorKind::InvalidHost {
+                value: text.clone(),
+            };
+            checker.fail(
+                format!("server.allowed_hosts[{index}]"),
+                Some(host.span()),
+                kind,
+            );
+        }
+    }
+    ok.then(|| raw.iter().map(|host| host.get_ref().clone()).collect())
+}
+
+/// `server.allowed_origins`: `scheme://host[:port]`, exactly as browsers send `Origin`.
+fn allowed_origins(raw: &[Spanned<String>], checker: &mut Checker<'_>) -> Option<Vec<String>> {
+    let mut origins = Vec::new();
+    let mut ok = true;
+    for (index, origin) in raw.iter().enumerate() {
+        let text = origin.get_ref().trim_end_matches('/');
+        let parsed = url::Url::parse(text).ok().filter(|url| {
+            matches!(url.scheme(), "http" | "https")
+                && url.origin().ascii_serialization() == text.to_ascii_lowercase()
+        });
+        match parsed {
+            Some(url) => origins.push(url.origin().ascii_serialization()),
+            None => {
+                ok = false;
+                let kind = FieldErrorKind::InvalidOrigin {
+                    value: origin.get_ref().clone(),
+                };
+                checker.fail(
+                    format!("server.allowed_origins[{index}]"),
+                    Some(origin.span()),
+                    kind,
+                );
+            }
+        }
+    }
+    ok.then_some(origins)
 }
 
 fn api_keys(raw: &[Spanned<String>], checker: &mut Checker<'_>) -> Option<Vec<ApiKeyHash>> {

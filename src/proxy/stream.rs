@@ -39,6 +39,7 @@ pub(crate) async fn relay(
     route: &Route,
     url: &Url,
     token: Option<&AccessToken>,
+    cors: Option<&str>,
 ) -> pingora::Result<u16> {
     let mut upstream = match open(session, shared, route, url, token, None).await {
         Ok(upstream) => upstream,
@@ -68,7 +69,16 @@ pub(crate) async fn relay(
             }
         }
     }
-    relay_response(session, shared, route, url, upstream, shared.keepalive).await
+    relay_response(
+        session,
+        shared,
+        route,
+        url,
+        upstream,
+        shared.keepalive,
+        cors,
+    )
+    .await
 }
 
 /// Sends a request once more with its whole `body`, after the upstream refused its token and
@@ -81,6 +91,7 @@ pub(crate) async fn resend(
     url: &Url,
     token: Option<&AccessToken>,
     body: Bytes,
+    cors: Option<&str>,
 ) -> pingora::Result<Option<u16>> {
     let mut upstream = match open(session, shared, route, url, token, Some(body)).await {
         Ok(upstream) => upstream,
@@ -95,7 +106,7 @@ pub(crate) async fn resend(
         return Ok(None);
     }
     // A request-scoped stream carries the upstream's own events; it gets no keepalives.
-    relay_response(session, shared, route, url, upstream, None)
+    relay_response(session, shared, route, url, upstream, None, cors)
         .await
         .map(Some)
 }
@@ -109,6 +120,7 @@ async fn relay_response(
     url: &Url,
     mut upstream: HttpSession,
     keepalive: Option<Duration>,
+    cors: Option<&str>,
 ) -> pingora::Result<u16> {
     let Some(mut response) = upstream.response_header().cloned() else {
         return Error::e_explain(ErrorType::InternalError, "upstream response header missing");
@@ -117,6 +129,9 @@ async fn relay_response(
     route.set_upstream_unreachable(false);
     let event_stream = headers::is_event_stream(&response);
     headers::prepare_downstream(&mut response);
+    if let Some(allowed) = cors {
+        super::origin::add_cors(&mut response, allowed);
+    }
     session
         .write_response_header(Box::new(response), false)
         .await?;

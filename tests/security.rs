@@ -1,0 +1,207 @@
+//! Attacks on the gateway's doors, not just its features: a web page that rebinds its DNS
+//! name to 127.0.0.1, or posts to `localhost` from its own origin, gets 403 on every path,
+//! and nothing reaches the upstream; allow-listed browser clients get CORS.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::gateway::{TestGateway, single_route};
+use support::mock_upstream::{MockOptions, MockUpstream};
+
+const TOKEN: &str = "security-upstream-token";
+const APP: &str = "http://localhost:6274";
+
+async fn gateway() -> (MockUpstream, TestGateway) {
+    let upstream = MockUpstream::start(MockOptions {
+        token: TOKEN.into(),
+        ..Default::default()
+    })
+    .await;
+    let extra = format!("allowed_origins = [\"{APP}\"]\nallowed_hosts = [\"gw.internal\"]");
+    let gateway = single_route("/up", upstream.base_url(), TOKEN, &extra);
+    (upstream, gateway)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+fn port(gateway: &TestGateway) -> u16 {
+    gateway.running.local_addr().port()
+}
+
+/// Every kind of path: proxied, the page, sign-in, the callback, the admin API, metrics.
+const PATHS: &[(&str, &str)] = &[
+    ("POST", "/up/mcp"),
+    ("GET", "/up/sse"),
+    ("GET", "/"),
+    ("GET", "/auth/up/start"),
+    ("GET", "/oauth/callback?code=x&state=y"),
+    ("GET", "/admin/api/routes"),
+    ("GET", "/metrics"),
+];
+
+async fn send(
+    gateway: &TestGateway,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+) -> reqwest::Response {
+    let url = format!("{}{path}", gateway.url());
+    let mut request = match method {
+        "POST" => client()
+            .post(url)
+            .header("accept", "application/json, text/event-stream")
+            .json(
+                &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+                "protocolVersion":"2025-11-25","capabilities":{},
+                "clientInfo":{"name":"t","version":"1"}}}),
+            ),
+        _ => client().get(url).header("accept", "text/event-stream"),
+    };
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    request.send().await.expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebound_host_is_refused_on_every_path() {
+    let (upstream, gateway) = gateway().await;
+    let port = port(&gateway);
+    for host in [
+        format!("evil.example.com:{port}"),
+        "evil.example.com".into(),
+    ] {
+        for (method, path) in PATHS {
+            let response = send(&gateway, method, path, &[("host", host.clone())]).await;
+            assert_eq!(response.status(), 403, "{method} {path} with Host {host}");
+            let body: Value = response.json().await.expect("json");
+            assert_eq!(body["error"], "forbidden_host");
+            assert!(
+                body["message"]
+                    .as_str()
+                    .expect("message")
+                    .contains("allowed_hosts")
+            );
+        }
+    }
+    assert_eq!(
+        upstream.state().total_requests(),
+        0,
+        "nothing reached the upstream"
+    );
+
+    // The names the gateway serves pass.
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("gw.internal:{port}"),
+    ] {
+        let response = send(&gateway, "POST", "/up/mcp", &[("host", host.clone())]).await;
+        assert_eq!(response.status(), 200, "Host {host}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_origin_is_refused_on_every_path() {
+    let (upstream, gateway) = gateway().await;
+    for origin in ["https://evil.example", "http://localhost:3000", "null"] {
+        for (method, path) in PATHS {
+            let response = send(&gateway, method, path, &[("origin", origin.to_owned())]).await;
+            assert_eq!(response.status(), 403, "{method} {path} from {origin}");
+            let body: Value = response.json().await.expect("json");
+            assert_eq!(body["error"], "forbidden_origin");
+        }
+    }
+    assert_eq!(
+        upstream.state().total_requests(),
+        0,
+        "nothing reached the upstream"
+    );
+
+    // The gateway's own origin (its page) and no Origin at all (any non-browser client) pass.
+    let host = format!("localhost:{}", port(&gateway));
+    let own = format!("http://{host}");
+    let response = send(
+        &gateway,
+        "POST",
+        "/up/mcp",
+        &[("host", host), ("origin", own)],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    assert_eq!(send(&gateway, "POST", "/up/mcp", &[]).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_allow_listed_browser_client_gets_cors_and_nothing_more() {
+    let (upstream, gateway) = gateway().await;
+    let preflight = client()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/up/mcp", gateway.url()),
+        )
+        .header("origin", APP)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type, mcp-session-id",
+        )
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(preflight.status(), 204);
+    let headers = preflight.headers();
+    assert_eq!(headers["access-control-allow-origin"], APP);
+    let allowed = headers["access-control-allow-headers"]
+        .to_str()
+        .expect("ascii");
+    assert!(allowed.contains("mcp-session-id") && allowed.contains("content-type"));
+    assert!(headers.get("access-control-allow-credentials").is_none());
+    assert_eq!(
+        upstream.state().total_requests(),
+        0,
+        "preflights stay at the gateway"
+    );
+
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let response = client()
+        .post(format!("{}/up/mcp", gateway.url()))
+        .header("origin", APP)
+        .header("accept", "application/json, text/event-stream")
+        .json(&init)
+        .send()
+        .await
+        .expect("initialize");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["access-control-allow-origin"], APP);
+    let exposed = response.headers()["access-control-expose-headers"]
+        .to_str()
+        .expect("ascii");
+    assert!(exposed.contains("mcp-session-id"), "{exposed}");
+    let session = response.headers()["mcp-session-id"].clone();
+
+    // The listening stream, relayed by the gateway's own loop, carries it too.
+    let stream = client()
+        .get(format!("{}/up/mcp", gateway.url()))
+        .header("origin", APP)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", session)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.headers()["access-control-allow-origin"], APP);
+}
