@@ -225,20 +225,32 @@ fn print_banner(config: &Config, addr: std::net::SocketAddr) {
 const DEFAULT_LOG_FILTER: &str = "info,pingora_core=warn,pingora_proxy=warn";
 
 /// `RUST_LOG`-style filtering, to stderr, as text or JSON lines.
+///
+/// Whatever `RUST_LOG` says, other crates log at `info` at most: pingora prints whole request
+/// headers (the injected token among them) at `trace`, and response headers (session ids) at
+/// `debug`. The gateway's own events never carry a secret, at any level.
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, filter};
+
+    let env =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let ours_or_info = filter::filter_fn(|meta| {
+        meta.target().starts_with("mcp_u2m_gateway") || *meta.level() <= tracing::Level::INFO
+    });
     let json = match format {
         LogFormat::Auto => !std::io::stderr().is_terminal(),
         LogFormat::Text => false,
         LogFormat::Json => true,
     };
-    let _ = if json {
-        builder.json().try_init()
+    let output = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let output = if json {
+        output.json().boxed()
     } else {
-        builder.try_init()
+        output.boxed()
     };
+    let _ = tracing_subscriber::registry()
+        .with(output.with_filter(env).with_filter(ours_or_info))
+        .try_init();
 }

@@ -196,6 +196,8 @@ struct Grants {
     fetched_documents: Vec<String>,
     clients: Vec<RegisteredClient>,
     codes: HashMap<String, PendingCode>,
+    /// Every authorization code ever issued, exchanged or not.
+    issued_codes: Vec<String>,
     access: Vec<AccessRecord>,
     refresh: Vec<RefreshRecord>,
     /// Sign-ins whose every token is void, after a refresh token was used twice.
@@ -253,7 +255,7 @@ impl OAuthState {
     }
 
     /// How many of those asked for `grant_type=refresh_token`.
-    /// Every access token, refresh token and client secret this server has issued, for
+    /// Every access token, refresh token, client secret and code this server has issued, for
     /// tests that check none of them shows up where it must not.
     pub fn issued_secrets(&self) -> Vec<String> {
         let grants = self.grants.lock().expect("grants lock");
@@ -263,7 +265,8 @@ impl OAuthState {
             .clients
             .iter()
             .filter_map(|client| client.client_secret.clone());
-        access.chain(refresh).chain(secrets).collect()
+        let codes = grants.issued_codes.iter().cloned();
+        access.chain(refresh).chain(secrets).chain(codes).collect()
     }
 
     pub fn refresh_requests(&self) -> usize {
@@ -880,7 +883,9 @@ impl AuthServer {
             scope,
             expires_at: Instant::now() + CODE_LIFETIME,
         };
-        lock(&self.state.grants).codes.insert(code.clone(), pending);
+        let mut grants = lock(&self.state.grants);
+        grants.issued_codes.push(code.clone());
+        grants.codes.insert(code.clone(), pending);
         Ok(code)
     }
 }
