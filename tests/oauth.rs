@@ -722,3 +722,34 @@ client_metadata_url = "/oauth/client-metadata.json"
     );
     assert_eq!(initialize(&gateway).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callback_naming_another_authorization_server_is_refused() {
+    // A mix-up: the callback says another authorization server issued the code.
+    let upstream = MockUpstream::start(MockOptions {
+        iss_in_responses: true,
+        iss_override: Some("https://other-as.example".into()),
+        ..Default::default()
+    })
+    .await;
+    let gateway = oauth_gateway(&upstream, "");
+    let (status, page) = sign_in(&gateway).await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("mix-up"), "{page}");
+    assert_eq!(upstream.oauth().token_requests(), 0);
+    let files = store_files(gateway.dir.path());
+    assert!(
+        !files.iter().any(|f| f.ends_with("_tokens.json")),
+        "{files:?}"
+    );
+
+    // The issuer the sign-in went to passes.
+    let upstream = MockUpstream::start(MockOptions {
+        iss_in_responses: true,
+        ..Default::default()
+    })
+    .await;
+    let gateway = oauth_gateway(&upstream, "");
+    let (status, page) = sign_in(&gateway).await;
+    assert_eq!(status, 200, "{page}");
+}

@@ -54,6 +54,9 @@ pub(crate) struct AuthServer {
     pub(crate) code_challenge_methods_supported: Vec<String>,
     pub(crate) token_endpoint_auth_methods_supported: Vec<String>,
     pub(crate) client_id_metadata_document_supported: bool,
+    /// The server puts `iss` in its authorization responses (RFC 9207), so a callback
+    /// without it is refused.
+    pub(crate) issuer_in_responses: bool,
     /// Where the metadata came from; `None` when no metadata document was found.
     pub(crate) metadata_url: Option<Url>,
 }
@@ -638,6 +641,7 @@ struct AuthServerMetadataDocument {
     code_challenge_methods_supported: Option<Vec<String>>,
     token_endpoint_auth_methods_supported: Option<Vec<String>>,
     client_id_metadata_document_supported: Option<bool>,
+    authorization_response_iss_parameter_supported: Option<bool>,
 }
 
 /// A well-known URL and the kind of document it holds.
@@ -744,6 +748,7 @@ async fn origin_auth_server(
         code_challenge_methods_supported: vec![PKCE_S256.to_owned()],
         token_endpoint_auth_methods_supported: Vec::new(),
         client_id_metadata_document_supported: false,
+        issuer_in_responses: false,
         metadata_url: None,
     };
     Ok((auth_server, AsDocument::Default2025_03_26))
@@ -762,6 +767,7 @@ fn configured_auth_server(issuer: &str, overrides: &DiscoveryOverrides) -> Optio
         code_challenge_methods_supported: vec![PKCE_S256.to_owned()],
         token_endpoint_auth_methods_supported: Vec::new(),
         client_id_metadata_document_supported: false,
+        issuer_in_responses: false,
         metadata_url: None,
     })
 }
@@ -820,6 +826,9 @@ fn auth_server_from_metadata(
             .unwrap_or_default(),
         client_id_metadata_document_supported: document
             .client_id_metadata_document_supported
+            .unwrap_or(false),
+        issuer_in_responses: document
+            .authorization_response_iss_parameter_supported
             .unwrap_or(false),
         metadata_url: Some(url),
     })
@@ -1821,6 +1830,7 @@ mod tests {
                 code_challenge_methods_supported: strings(&["S256"]),
                 token_endpoint_auth_methods_supported: Vec::new(),
                 client_id_metadata_document_supported: false,
+                issuer_in_responses: false,
                 metadata_url: None,
             },
             path: DiscoveryPath::Root,

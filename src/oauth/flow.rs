@@ -46,6 +46,20 @@ pub(crate) enum CallbackError {
     },
     #[error("the callback has no authorization code")]
     MissingCode { route: String },
+    #[error(
+        "the callback says it comes from the authorization server {found}, but the sign-in \
+         went to {expected}: it was not completed (RFC 9207 mix-up protection)"
+    )]
+    WrongIssuer {
+        route: String,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "the callback does not name its authorization server (iss), which {expected} \
+         promises to do: it was not completed"
+    )]
+    MissingIssuer { route: String, expected: String },
     #[error("exchanging the authorization code failed: {source}")]
     Exchange {
         route: String,
@@ -68,6 +82,8 @@ impl CallbackError {
             CallbackError::Denied { route, .. } => route.as_deref(),
             CallbackError::Expired { route, .. }
             | CallbackError::MissingCode { route }
+            | CallbackError::WrongIssuer { route, .. }
+            | CallbackError::MissingIssuer { route, .. }
             | CallbackError::Exchange { route, .. }
             | CallbackError::Store { route, .. } => Some(route),
         }
@@ -105,6 +121,9 @@ struct PendingFlow {
     authorization_endpoint: Url,
     token_endpoint: Url,
     resource: Option<String>,
+    /// The authorization server's issuer, and whether its callbacks carry `iss`.
+    issuer: String,
+    issuer_in_responses: bool,
     started: Instant,
 }
 
@@ -121,6 +140,26 @@ pub(crate) struct PendingFlows {
 pub(crate) struct SignedIn {
     pub(crate) route: String,
     pub(crate) scope: Option<String>,
+}
+
+/// RFC 9207: an `iss` in the callback must be the issuer the sign-in went to, and a
+/// server that promises `iss` must send it.
+fn check_issuer(flow: &PendingFlow, iss: Option<&String>) -> Result<(), CallbackError> {
+    let route = || flow.route.name.clone();
+    match iss {
+        Some(found) if found.trim_end_matches('/') != flow.issuer.trim_end_matches('/') => {
+            Err(CallbackError::WrongIssuer {
+                route: route(),
+                expected: flow.issuer.clone(),
+                found: found.clone(),
+            })
+        }
+        None if flow.issuer_in_responses => Err(CallbackError::MissingIssuer {
+            route: route(),
+            expected: flow.issuer.clone(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 impl PendingFlows {
@@ -168,6 +207,8 @@ impl PendingFlows {
             authorization_endpoint: server.authorization_endpoint.clone(),
             token_endpoint: server.token_endpoint.clone(),
             resource,
+            issuer: server.issuer.clone(),
+            issuer_in_responses: server.issuer_in_responses,
             started: Instant::now(),
         };
         let mut flows = self.flows.lock();
@@ -202,6 +243,7 @@ impl PendingFlows {
                 lifetime: self.lifetime,
             });
         }
+        check_issuer(&flow, params.get("iss"))?;
         let code =
             params
                 .get("code")

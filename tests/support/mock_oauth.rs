@@ -634,6 +634,9 @@ async fn authorization_server_metadata(State(server): State<AuthServer>) -> Resp
     if server.options.client_metadata_documents {
         metadata["client_id_metadata_document_supported"] = json!(true);
     }
+    if server.options.iss_in_responses {
+        metadata["authorization_response_iss_parameter_supported"] = json!(true);
+    }
     if server.options.as_metadata == AsMetadataMode::OpenId {
         metadata["subject_types_supported"] = json!(["public"]);
         metadata["id_token_signing_alg_values_supported"] = json!(["RS256"]);
@@ -729,8 +732,20 @@ async fn authorize(
         return consent_page(&params);
     }
     let state = params.get("state").map(String::as_str);
+    let iss = server
+        .options
+        .iss_override
+        .clone()
+        .or_else(|| server.options.iss_in_responses.then(|| server.issuer()));
     match server.approve(&params, &redirect_uri) {
-        Ok(code) => redirect(&redirect_uri, &[("code", Some(&code)), ("state", state)]),
+        Ok(code) => redirect(
+            &redirect_uri,
+            &[
+                ("code", Some(&code)),
+                ("state", state),
+                ("iss", iss.as_deref()),
+            ],
+        ),
         Err(error) => error.redirect(&redirect_uri, state),
     }
 }

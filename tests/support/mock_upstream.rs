@@ -104,6 +104,10 @@ pub struct MockOptions {
     /// Show a consent page with an Approve button before approving, as a real
     /// authorization server would; otherwise every sign-in is approved at once.
     pub consent_page: bool,
+    /// Put `iss` in authorization responses and advertise it (RFC 9207); `Some(issuer)`
+    /// in [`MockOptions::iss_override`] sends another issuer's name instead.
+    pub iss_in_responses: bool,
+    pub iss_override: Option<String>,
     /// Clients known without registration.
     pub preregistered: Vec<PreregisteredClient>,
     /// Serve dynamic client registration at `/register`.
@@ -135,6 +139,8 @@ impl Default for MockOptions {
             pkce_methods: vec!["S256".to_owned()],
             deny_authorization: false,
             consent_page: false,
+            iss_in_responses: false,
+            iss_override: None,
             preregistered: Vec::new(),
             dcr_enabled: true,
             client_metadata_documents: false,
