@@ -83,6 +83,8 @@ pub(crate) struct ServerConfig {
     pub(crate) read_timeout: Duration,
     /// How long a person has between starting a sign-in and the callback.
     pub(crate) sign_in_timeout: Duration,
+    /// Per client address, for sign-in starts, callbacks, forms and the admin API; 0 is off.
+    pub(crate) control_requests_per_minute: u32,
     pub(crate) tls: Option<TlsConfig>,
     /// Running on Databricks Apps, which authenticates callers in front of the gateway
     /// and forwards their identity.
@@ -132,6 +134,8 @@ pub(crate) struct RouteConfig {
     pub(crate) upstream_text: String,
     /// Extra trust anchors for the upstream's TLS certificate.
     pub(crate) ca_file: Option<PathBuf>,
+    /// Request bodies larger than this get 413.
+    pub(crate) max_body_bytes: u64,
     pub(crate) auth: RouteAuth,
     /// Static request headers for the upstream, names as written in the file.
     pub(crate) headers: Vec<(String, String)>,
@@ -323,6 +327,9 @@ pub(crate) enum FieldErrorKind {
         "`{value}` is not an origin: give scheme, host and port only, like http://localhost:6274"
     )]
     InvalidOrigin { value: String },
+
+    #[error("must be at least 1024 bytes; an MCP initialize alone is several hundred")]
+    BodyLimitTooSmall,
 
     #[error("`{value}` is not a port number")]
     InvalidPort { value: String },

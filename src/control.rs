@@ -9,6 +9,7 @@
 
 pub(crate) mod admin;
 mod pages;
+pub(crate) mod rate;
 pub(crate) mod status;
 mod ui;
 
@@ -61,6 +62,13 @@ pub(crate) async fn serve(
         let body = reply::error_body("not_found", format!("{path} is {reason}"));
         return reply::json(session, 404, &body).await;
     }
+    let limited = matches!(
+        segments.as_slice(),
+        ["auth", _, "start" | "clear" | "refresh"] | ["oauth", "callback"] | ["admin", ..]
+    );
+    if limited && let Some(wait) = rate_limited(session, shared) {
+        return too_many(session, shared, wait).await;
+    }
     match (&method, segments.as_slice()) {
         (&Method::GET, [""]) => index(session, shared).await,
         (&Method::GET, _) if path == ui::SCRIPT_PATH => script(session).await,
@@ -81,6 +89,39 @@ pub(crate) async fn serve(
             reply::json(session, 404, &body).await
         }
     }
+}
+
+/// How long the caller must wait, when it has used up its share of the limited doors.
+fn rate_limited(session: &Session, shared: &Shared) -> Option<std::time::Duration> {
+    let client = session.client_addr()?.as_inet()?.ip();
+    shared
+        .control_rate
+        .check(client, std::time::Instant::now())
+        .err()
+}
+
+async fn too_many(
+    session: &mut Session,
+    shared: &Shared,
+    wait: std::time::Duration,
+) -> pingora::Result<u16> {
+    shared.metrics.limited("-", "rate");
+    let seconds = wait.as_secs().max(1);
+    let body = reply::error_body(
+        "rate_limited",
+        format!("too many sign-in or admin requests from this address; try again in {seconds} s"),
+    );
+    let body = Bytes::from(body.to_string());
+    let mut response = ResponseHeader::build(429, Some(4))?;
+    response.insert_header(header::CONTENT_TYPE, "application/json")?;
+    response.insert_header(header::CONTENT_LENGTH, body.len())?;
+    response.insert_header(header::RETRY_AFTER, seconds)?;
+    response.insert_header(header::CACHE_CONTROL, "no-store")?;
+    session
+        .write_response_header(Box::new(response), false)
+        .await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(429)
 }
 
 /// The UI page, or for a client that asks for JSON, the same as JSON.

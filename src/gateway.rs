@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     pub(crate) oauth: HashMap<String, Arc<OAuthRoute>>,
     pub(crate) flows: PendingFlows,
     pub(crate) admin: AdminAuth,
+    /// The rate limit on sign-in starts, callbacks, forms and the admin API.
+    pub(crate) control_rate: crate::control::rate::RateLimiter,
     /// Which `Host` and `Origin` values requests may carry.
     pub(crate) origins: crate::proxy::origin::OriginPolicy,
     /// The admin listener, when the admin API and `/metrics` have one of their own.
@@ -334,6 +336,9 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
         flows: PendingFlows::new(config.server.sign_in_timeout),
         admin: AdminAuth::new(&config.admin).map_err(StartError::AdminToken)?,
         admin_listener: config.admin.listen,
+        control_rate: crate::control::rate::RateLimiter::new(
+            config.server.control_requests_per_minute,
+        ),
         origins: crate::proxy::origin::OriginPolicy::new(
             config.server.listen,
             &config.server.public_url,
@@ -483,6 +488,7 @@ fn build_route(
         upstream: Upstream::new(config.upstream.clone(), timeouts, ca),
         tokens,
         extra_headers,
+        max_body_bytes: config.max_body_bytes,
         unreachable: std::sync::atomic::AtomicBool::new(false),
     })
 }

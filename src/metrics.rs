@@ -23,6 +23,7 @@ pub(crate) struct Metrics {
     refreshes: IntCounterVec,
     body_bytes: IntCounterVec,
     token_expiry: IntGaugeVec,
+    limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -96,6 +97,14 @@ impl Metrics {
             &["route"],
         )
         .expect("static metric definition");
+        let limited = IntCounterVec::new(
+            Opts::new(
+                "limited_requests_total",
+                "Requests refused by a limit, by route (or - for the gateway's own pages) and limit",
+            ),
+            &["route", "limit"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -105,6 +114,7 @@ impl Metrics {
             Box::new(refreshes.clone()),
             Box::new(body_bytes.clone()),
             Box::new(token_expiry.clone()),
+            Box::new(limited.clone()),
         ] {
             registry
                 .register(collector)
@@ -121,6 +131,7 @@ impl Metrics {
             refreshes,
             body_bytes,
             token_expiry,
+            limited,
         }
         .with_process_metrics()
     }
@@ -136,6 +147,11 @@ impl Metrics {
             }
         }
         self
+    }
+
+    /// Counts a request refused by `limit` (`body_size`, `rate`, `streams`).
+    pub(crate) fn limited(&self, route: &str, limit: &str) {
+        self.limited.with_label_values(&[route, limit]).inc();
     }
 
     /// Sets the seconds left on a route's access token; `None` removes the series.

@@ -64,6 +64,9 @@ pub(crate) struct RequestCtx {
     /// The JSON-RPC method of the body, for the metrics; sniffed from the first chunk.
     rpc_method: Option<&'static str>,
     body_seen: bool,
+    /// Body bytes read so far, against the route's limit.
+    body_bytes: u64,
+    body_too_large: bool,
     /// The allow-listed cross-origin `Origin` to answer CORS for.
     cors: Option<String>,
     /// The request's span (at `debug`): route, method, JSON-RPC method, status, elapsed.
@@ -87,6 +90,8 @@ impl ProxyHttp for GatewayProxy {
             answered: None,
             rpc_method: None,
             body_seen: false,
+            body_bytes: 0,
+            body_too_large: false,
             cors: None,
             span: tracing::Span::none(),
             _inflight: self.shared.inflight.enter(),
@@ -181,6 +186,17 @@ impl ProxyHttp for GatewayProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        if let Some(chunk) = body.as_ref() {
+            ctx.body_bytes += chunk.len() as u64;
+            let limit = ctx
+                .route
+                .as_ref()
+                .map_or(u64::MAX, |route| route.max_body_bytes);
+            if ctx.body_bytes > limit {
+                ctx.body_too_large = true;
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
+            }
+        }
         if let Some(replay) = &mut ctx.replay {
             replay.keep(body.as_ref(), end_of_stream);
         }
@@ -257,6 +273,16 @@ impl ProxyHttp for GatewayProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if ctx.body_too_large {
+            let status = match &ctx.route {
+                Some(route) => self.body_too_large(session, route).await.unwrap_or(0),
+                None => 0,
+            };
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
         if ctx.token_refused {
             let status = self.resend(session, ctx).await.unwrap_or(0);
             return FailToProxy {
@@ -494,6 +520,21 @@ impl GatewayProxy {
         self.answer_no_token(session, &route, &error, message).await
     }
 
+    /// Answers a request whose body is over the route's limit.
+    async fn body_too_large(&self, session: &mut Session, route: &Route) -> pingora::Result<u16> {
+        self.shared.metrics.limited(&route.name, "body_size");
+        if session.response_written().is_some() {
+            return Ok(0);
+        }
+        let message = format!(
+            "route '{}' accepts request bodies up to {} bytes (routes.max_body_bytes)",
+            route.name, route.max_body_bytes
+        );
+        let mut body = reply::error_body("body_too_large", message);
+        body["route"] = route.name.clone().into();
+        reply::json(session, 413, &body).await
+    }
+
     /// Answers a request whose body was too large to keep for a resend: the token has been
     /// refreshed, and the client is asked to send the request again.
     async fn refreshed_without_resend(
@@ -539,6 +580,14 @@ impl GatewayProxy {
         }
         ctx.route = Some(Arc::clone(&route));
         ctx.span.record("route", route.name.as_str());
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > route.max_body_bytes) {
+            return self.body_too_large(session, &route).await.map(Some);
+        }
         let token = match route.tokens.bearer().await {
             Ok(token) => token,
             Err(error) => {

@@ -23,6 +23,8 @@ pub(crate) struct Route {
     pub(crate) upstream: Upstream,
     pub(crate) tokens: Arc<dyn TokenSource>,
     pub(crate) extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Request bodies larger than this get 413.
+    pub(crate) max_body_bytes: u64,
     /// The last attempt to reach the upstream failed; cleared by the next response.
     pub(crate) unreachable: AtomicBool,
 }

@@ -205,3 +205,151 @@ async fn an_allow_listed_browser_client_gets_cors_and_nothing_more() {
     assert_eq!(stream.status(), 200);
     assert_eq!(stream.headers()["access-control-allow-origin"], APP);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_over_the_routes_limit_get_413_with_or_without_a_length() {
+    let upstream = MockUpstream::start(MockOptions {
+        token: TOKEN.into(),
+        ..Default::default()
+    })
+    .await;
+    let gateway = support::gateway::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nname = \"up\"\nprefix = \"/up\"\n\
+             upstream = \"{}\"\nmax_body_bytes = 2048\n\
+             auth = {{ kind = \"bearer\", token_file = \"{{dir}}/token\" }}\n",
+            upstream.base_url()
+        ),
+        &[("token", TOKEN)],
+    );
+    let big = json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+        "params":{"name":"echo","arguments":{"text": "x".repeat(5000)}}})
+    .to_string();
+
+    let declared = client()
+        .post(format!("{}/up/mcp", gateway.url()))
+        .header("content-type", "application/json")
+        .body(big.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(declared.status(), 413);
+    let body: Value = declared.json().await.expect("json");
+    assert_eq!(body["error"], "body_too_large");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("max_body_bytes")
+    );
+    assert_eq!(upstream.state().total_requests(), 0);
+
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big
+        .as_bytes()
+        .chunks(1000)
+        .map(|chunk| Ok(chunk.to_vec()))
+        .collect();
+    let streamed = client()
+        .post(format!("{}/up/mcp", gateway.url()))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await;
+    if let Ok(streamed) = streamed {
+        assert_eq!(streamed.status(), 413);
+    } // else: the gateway closed the connection before the client finished sending
+
+    // Other clients carry on.
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let ok = client()
+        .post(format!("{}/up/mcp", gateway.url()))
+        .header("accept", "application/json")
+        .json(&init)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(ok.status(), 200);
+    let metrics = client()
+        .get(format!("{}/metrics", gateway.url()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("mcp_gateway_limited_requests_total{limit=\"body_size\",route=\"up\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_sign_in_and_admin_requests_is_limited_and_others_carry_on() {
+    let upstream = MockUpstream::start(MockOptions {
+        token: TOKEN.into(),
+        ..Default::default()
+    })
+    .await;
+    let gateway = single_route(
+        "/up",
+        upstream.base_url(),
+        TOKEN,
+        "control_requests_per_minute = 5",
+    );
+    let mut statuses = Vec::new();
+    for path in ["/admin/api/routes"; 5]
+        .into_iter()
+        .chain(["/oauth/callback?state=x"; 3])
+    {
+        let response = client()
+            .get(format!("{}{path}", gateway.url()))
+            .send()
+            .await
+            .expect("get");
+        if response.status() == 429 {
+            let wait: u64 = response.headers()["retry-after"]
+                .to_str()
+                .expect("ascii")
+                .parse()
+                .expect("seconds");
+            assert!((1..=12).contains(&wait), "{wait}");
+        }
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+
+    // The page, health and MCP traffic are not part of it.
+    for path in ["/", "/healthz", "/readyz", "/metrics"] {
+        let response = client()
+            .get(format!("{}{path}", gateway.url()))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    for _ in 0..10 {
+        let ok = client()
+            .post(format!("{}/up/mcp", gateway.url()))
+            .header("accept", "application/json")
+            .json(&init)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(ok.status(), 200);
+    }
+    let metrics = client()
+        .get(format!("{}/metrics", gateway.url()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("mcp_gateway_limited_requests_total{limit=\"rate\",route=\"-\"} 3"),
+        "{metrics}"
+    );
+}

@@ -550,7 +550,8 @@ async fn wait_for_gateway(
     started: Instant,
 ) -> anyhow::Result<Done> {
     while started.elapsed() < SIGN_IN_WAIT {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Once a second: well within the admin API's rate limit.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let routes = client.routes().await?;
         if let Some(route) = routes.iter().find(|route| route.name == name)
             && signed_in_now(route, before)

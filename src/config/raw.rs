@@ -44,6 +44,7 @@ pub(super) struct RawServer {
     pub(super) connect_timeout_secs: Option<Spanned<u64>>,
     pub(super) read_timeout_secs: Option<Spanned<u64>>,
     pub(super) sign_in_timeout_secs: Option<Spanned<u64>>,
+    pub(super) control_requests_per_minute: Option<u32>,
     pub(super) tls: Option<RawTls>,
 }
 
@@ -85,6 +86,7 @@ pub(super) struct RawRoute {
     pub(super) prefix: Spanned<String>,
     pub(super) upstream: Spanned<String>,
     pub(super) ca_file: Option<Spanned<String>>,
+    pub(super) max_body_bytes: Option<Spanned<u64>>,
     #[serde(default)]
     pub(super) auth: RawAuth,
     #[serde(default)]

@@ -50,6 +50,9 @@ pub(super) fn check(raw: Vec<RawRoute>, checker: &mut Checker<'_>) -> Option<Vec
     routes.into_iter().collect()
 }
 
+/// Generous for MCP, whose messages are small; large tool arguments still fit.
+pub(crate) const DEFAULT_MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
+
 fn check_route(index: usize, raw: &RawRoute, checker: &mut Checker<'_>) -> Option<RouteConfig> {
     let key = |field: &str| format!("routes[{index}].{field}");
 
@@ -62,6 +65,18 @@ fn check_route(index: usize, raw: &RawRoute, checker: &mut Checker<'_>) -> Optio
     };
     let auth = check_auth(index, &raw.auth, checker);
     let headers = check_headers(index, &raw.headers, checker);
+    let max_body_bytes = match &raw.max_body_bytes {
+        None => Some(DEFAULT_MAX_BODY_BYTES),
+        Some(limit) if *limit.get_ref() >= 1024 => Some(*limit.get_ref()),
+        Some(limit) => {
+            checker.fail(
+                key("max_body_bytes"),
+                Some(limit.span()),
+                FieldErrorKind::BodyLimitTooSmall,
+            );
+            None
+        }
+    };
 
     Some(RouteConfig {
         name: name.map(|()| raw.name.get_ref().clone())?,
@@ -69,6 +84,7 @@ fn check_route(index: usize, raw: &RawRoute, checker: &mut Checker<'_>) -> Optio
         upstream: upstream?,
         upstream_text: raw.upstream.get_ref().clone(),
         ca_file: ca_file?,
+        max_body_bytes: max_body_bytes?,
         auth: auth?,
         headers: headers?,
     })

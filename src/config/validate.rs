@@ -25,6 +25,8 @@ const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
 const DEFAULT_READ_TIMEOUT_SECS: u64 = 300;
 /// Ten minutes to finish signing in, as the MCP clients' own OAuth flows allow.
 const DEFAULT_SIGN_IN_TIMEOUT_SECS: u64 = 600;
+/// Far above what a person or the CLI needs, far below what a flood would.
+const DEFAULT_CONTROL_REQUESTS_PER_MINUTE: u32 = 120;
 
 /// Collects the broken rules of one file and resolves the paths written in it.
 pub(super) struct Checker<'a> {
@@ -136,6 +138,7 @@ pub(super) fn default_server(listen: SocketAddr, databricks: bool) -> ServerConf
         connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
         read_timeout: Duration::from_secs(DEFAULT_READ_TIMEOUT_SECS),
         sign_in_timeout: Duration::from_secs(DEFAULT_SIGN_IN_TIMEOUT_SECS),
+        control_requests_per_minute: DEFAULT_CONTROL_REQUESTS_PER_MINUTE,
         tls: None,
         databricks,
     }
@@ -194,6 +197,9 @@ fn server(raw: RawServer, checker: &mut Checker<'_>) -> Option<ServerConfig> {
         connect_timeout: connect_timeout?,
         read_timeout: read_timeout?,
         sign_in_timeout: sign_in_timeout?,
+        control_requests_per_minute: raw
+            .control_requests_per_minute
+            .unwrap_or(DEFAULT_CONTROL_REQUESTS_PER_MINUTE),
         tls: tls?,
         databricks,
     })
