@@ -61,6 +61,8 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Make a new API key for a client, and print the line that lets it in.
+    Keygen,
     /// Sign a route out (or every OAuth route), removing its stored tokens.
     Clear {
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -115,6 +117,10 @@ impl Cli {
         let result = match self.command.unwrap_or(Command::Serve(ServeArgs::default())) {
             Command::Serve(args) => serve(args).map(|()| admin::Done::Ok),
             Command::Check(args) => check(args).map(|()| admin::Done::Ok),
+            Command::Keygen => {
+                keygen();
+                Ok(admin::Done::Ok)
+            }
             Command::Status {
                 route,
                 output,
@@ -145,6 +151,22 @@ impl Cli {
             }
         }
     }
+}
+
+/// Prints a fresh API key (256 random bits) and its hash for `server.api_keys`. The key goes
+/// to the client; only the hash goes in the config.
+fn keygen() {
+    use sha2::Digest;
+    let key = format!("mgw_{}", oauth2::CsrfToken::new_random_len(32).secret());
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let hash: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    println!("API key (give it to the client, which sends it as Authorization: Bearer <key>):");
+    println!();
+    println!("  {key}");
+    println!();
+    println!("Add its hash to [server] api_keys in gateway.toml:");
+    println!();
+    println!("  api_keys = [\"sha256:{hash}\"]");
 }
 
 fn load(args: &ConfigArg) -> anyhow::Result<Config> {

@@ -412,3 +412,56 @@ async fn each_proxied_request_logs_one_line_in_a_span_with_its_outcome() {
     assert_eq!(span["status"], 200);
     assert!(span["elapsed_ms"].is_u64(), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keygen_prints_a_key_whose_hash_line_lets_that_key_in() {
+    let output = gateway().arg("keygen").output().expect("keygen");
+    assert!(output.status.success());
+    let printed = text(&output.stdout);
+    let key = printed
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("mgw_"))
+        .expect("a key")
+        .to_owned();
+    assert!(key.len() >= 40, "{key}");
+    let line = printed
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("api_keys = "))
+        .expect("the config line")
+        .to_owned();
+    assert!(!line.contains(&key), "the config line holds only the hash");
+
+    let upstream = MockUpstream::start(MockOptions {
+        token: "t".into(),
+        ..Default::default()
+    })
+    .await;
+    let gateway = support::gateway::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{line}\n[[routes]]\nname = \"up\"\n\
+             prefix = \"/up\"\nupstream = \"{}\"\n\
+             auth = {{ kind = \"bearer\", token_file = \"{{dir}}/token\" }}\n",
+            upstream.base_url()
+        ),
+        &[("token", "t")],
+    );
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let post = |key: &str| {
+        reqwest::Client::new()
+            .post(format!("{}/up/mcp", gateway.url()))
+            .header("accept", "application/json")
+            .bearer_auth(key)
+            .json(&init)
+            .send()
+    };
+    assert_eq!(post(&key).await.expect("post").status(), 200);
+    assert_eq!(post("mgw_not-the-key").await.expect("post").status(), 401);
+    let seen = upstream.state().requests();
+    assert!(
+        seen.iter()
+            .all(|r| r.header("authorization") == Some("Bearer t"))
+    );
+}
