@@ -111,17 +111,13 @@ async fn too_many(
         "rate_limited",
         format!("too many sign-in or admin requests from this address; try again in {seconds} s"),
     );
-    let body = Bytes::from(body.to_string());
-    let mut response = ResponseHeader::build(429, Some(4))?;
-    response.insert_header(header::CONTENT_TYPE, "application/json")?;
-    response.insert_header(header::CONTENT_LENGTH, body.len())?;
-    response.insert_header(header::RETRY_AFTER, seconds)?;
-    response.insert_header(header::CACHE_CONTROL, "no-store")?;
-    session
-        .write_response_header(Box::new(response), false)
-        .await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(429)
+    let retry_after = seconds.to_string();
+    let headers = [
+        (header::CONTENT_TYPE, "application/json"),
+        (header::RETRY_AFTER, retry_after.as_str()),
+        (header::CACHE_CONTROL, "no-store"),
+    ];
+    respond(session, 429, &headers, Bytes::from(body.to_string())).await
 }
 
 /// The UI page, or for a client that asks for JSON, the same as JSON.
@@ -150,17 +146,18 @@ fn wants_json(session: &Session) -> bool {
 }
 
 async fn script(session: &mut Session) -> pingora::Result<u16> {
-    let body = Bytes::from_static(ui::SCRIPT.as_bytes());
-    let mut response = ResponseHeader::build(200, Some(4))?;
-    response.insert_header(header::CONTENT_TYPE, "text/javascript; charset=utf-8")?;
-    response.insert_header(header::CONTENT_LENGTH, body.len())?;
-    response.insert_header(header::CACHE_CONTROL, "public, max-age=3600")?;
-    response.insert_header("x-content-type-options", "nosniff")?;
-    session
-        .write_response_header(Box::new(response), false)
-        .await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(200)
+    let headers = [
+        (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+        (header::CACHE_CONTROL, "public, max-age=3600"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
+    respond(
+        session,
+        200,
+        &headers,
+        Bytes::from_static(ui::SCRIPT.as_bytes()),
+    )
+    .await
 }
 
 async fn readiness(session: &mut Session, shared: &Shared) -> pingora::Result<u16> {
@@ -202,15 +199,8 @@ async fn metrics(session: &mut Session, shared: &Shared) -> pingora::Result<u16>
         let left = expires_at.map(|at| at as i64 - now);
         shared.metrics.token_expiry(name, left);
     }
-    let body = Bytes::from(shared.metrics.render());
-    let mut response = ResponseHeader::build(200, Some(3))?;
-    response.insert_header(header::CONTENT_TYPE, "text/plain; version=0.0.4")?;
-    response.insert_header(header::CONTENT_LENGTH, body.len())?;
-    session
-        .write_response_header(Box::new(response), false)
-        .await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(200)
+    let headers = [(header::CONTENT_TYPE, "text/plain; version=0.0.4")];
+    respond(session, 200, &headers, Bytes::from(shared.metrics.render())).await
 }
 
 /// The Client ID Metadata Document served at `path`, if a route's `client_metadata_url`
@@ -375,38 +365,48 @@ fn same_origin(session: &Session, shared: &Shared) -> bool {
     origin.to_str().is_ok_and(|origin| origin == ours)
 }
 
+/// A page of the gateway's, with the headers that keep it from being framed, sniffed,
+/// cached or leaking its URL onward, and a CSP that allows no inline script.
 async fn html(session: &mut Session, status: u16, page: &str) -> pingora::Result<u16> {
-    let body = Bytes::from(page.to_owned());
-    let mut response = ResponseHeader::build(status, Some(6))?;
-    response.insert_header(header::CONTENT_TYPE, "text/html; charset=utf-8")?;
+    let headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \
+             form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    ];
+    respond(session, status, &headers, Bytes::from(page.to_owned())).await
+}
+
+async fn redirect(session: &mut Session, status: u16, location: &str) -> pingora::Result<u16> {
+    let headers = [
+        (header::LOCATION, location),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ];
+    respond(session, status, &headers, Bytes::new()).await
+}
+
+/// Writes a whole response: `headers`, the body's length, the body.
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    headers: &[(header::HeaderName, &str)],
+    body: Bytes,
+) -> pingora::Result<u16> {
+    let mut response = ResponseHeader::build(status, Some(headers.len() + 1))?;
+    for (name, value) in headers {
+        response.insert_header(name.clone(), *value)?;
+    }
     response.insert_header(header::CONTENT_LENGTH, body.len())?;
-    response.insert_header(header::CACHE_CONTROL, "no-store")?;
-    response.insert_header("x-frame-options", "DENY")?;
-    response.insert_header("x-content-type-options", "nosniff")?;
-    response.insert_header("referrer-policy", "no-referrer")?;
-    response.insert_header(
-        "content-security-policy",
-        "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; form-action 'self'; \
-         base-uri 'none'; frame-ancestors 'none'",
-    )?;
     session
         .write_response_header(Box::new(response), false)
         .await?;
     session.write_response_body(Some(body), true).await?;
-    Ok(status)
-}
-
-async fn redirect(session: &mut Session, status: u16, location: &str) -> pingora::Result<u16> {
-    let mut response = ResponseHeader::build(status, Some(4))?;
-    response.insert_header(header::LOCATION, location)?;
-    response.insert_header(header::CONTENT_LENGTH, 0)?;
-    response.insert_header(header::CACHE_CONTROL, "no-store")?;
-    response.insert_header("referrer-policy", "no-referrer")?;
-    session
-        .write_response_header(Box::new(response), false)
-        .await?;
-    session
-        .write_response_body(Some(Bytes::new()), true)
-        .await?;
     Ok(status)
 }
