@@ -136,6 +136,8 @@ pub(crate) struct RouteConfig {
     pub(crate) ca_file: Option<PathBuf>,
     /// Request bodies larger than this get 413.
     pub(crate) max_body_bytes: u64,
+    /// Client keys good for this route only, besides `server.api_keys`.
+    pub(crate) api_keys: Vec<ApiKeyHash>,
     pub(crate) auth: RouteAuth,
     /// Static request headers for the upstream, names as written in the file.
     pub(crate) headers: Vec<(String, String)>,

@@ -325,7 +325,10 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Shared {
         routes: RouteTable::new(routes),
-        inbound: Inbound::new(config.server.api_keys.clone()),
+        inbound: Inbound::new(
+            config.server.api_keys.clone(),
+            config.routes.iter().any(|route| !route.api_keys.is_empty()),
+        ),
         keepalive: config.server.sse_keepalive,
         connector: ConnectorDebug(Connector::new(None)),
         metrics,
@@ -489,6 +492,7 @@ fn build_route(
         tokens,
         extra_headers,
         max_body_bytes: config.max_body_bytes,
+        api_keys: config.api_keys.clone(),
         unreachable: std::sync::atomic::AtomicBool::new(false),
     })
 }

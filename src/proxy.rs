@@ -571,7 +571,11 @@ impl GatewayProxy {
         route: Arc<Route>,
         rest: &str,
     ) -> pingora::Result<Option<u16>> {
-        if !self.shared.inbound.allows(session.req_header()) {
+        if !self
+            .shared
+            .inbound
+            .allows(session.req_header(), &route.api_keys)
+        {
             let body = reply::error_body(
                 "unauthorized",
                 "this gateway requires an API key: send it as 'Authorization: Bearer <key>'",

@@ -25,6 +25,8 @@ pub(crate) struct Route {
     pub(crate) extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Request bodies larger than this get 413.
     pub(crate) max_body_bytes: u64,
+    /// Client keys good for this route only, besides the gateway's.
+    pub(crate) api_keys: Vec<crate::config::ApiKeyHash>,
     /// The last attempt to reach the upstream failed; cleared by the next response.
     pub(crate) unreachable: AtomicBool,
 }

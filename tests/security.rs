@@ -353,3 +353,66 @@ async fn a_flood_of_sign_in_and_admin_requests_is_limited_and_others_carry_on() 
         "{metrics}"
     );
 }
+
+fn key_hash(key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_for_one_route_opens_no_other_and_no_key_reaches_an_upstream() {
+    let upstream = MockUpstream::start(MockOptions {
+        token: TOKEN.into(),
+        ..Default::default()
+    })
+    .await;
+    let route = |name: &str, keys: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\nprefix = \"/{name}\"\nupstream = \"{}\"\n{keys}\
+             auth = {{ kind = \"bearer\", token_file = \"{{dir}}/token\" }}\n",
+            upstream.base_url()
+        )
+    };
+    let gateway = support::gateway::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\napi_keys = [\"{}\"]\n{}{}",
+            key_hash("every-route-key"),
+            route(
+                "jira",
+                &format!("api_keys = [\"{}\"]\n", key_hash("jira-only-key"))
+            ),
+            route("wiki", ""),
+        ),
+        &[("token", TOKEN)],
+    );
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let call = |route: &str, key: Option<&str>| {
+        let mut request = client()
+            .post(format!("{}/{route}/mcp", gateway.url()))
+            .header("accept", "application/json")
+            .json(&init);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        async move { request.send().await.expect("post").status().as_u16() }
+    };
+    assert_eq!(call("jira", Some("every-route-key")).await, 200);
+    assert_eq!(call("wiki", Some("every-route-key")).await, 200);
+    assert_eq!(call("jira", Some("jira-only-key")).await, 200);
+    assert_eq!(
+        call("wiki", Some("jira-only-key")).await,
+        401,
+        "a key for another route"
+    );
+    assert_eq!(call("wiki", Some("wrong-key")).await, 401);
+    assert_eq!(call("jira", None).await, 401);
+    let seen = upstream.state().requests();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter()
+            .all(|r| r.header("authorization") == Some(&format!("Bearer {TOKEN}")[..]))
+    );
+}

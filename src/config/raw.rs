@@ -88,6 +88,8 @@ pub(super) struct RawRoute {
     pub(super) ca_file: Option<Spanned<String>>,
     pub(super) max_body_bytes: Option<Spanned<u64>>,
     #[serde(default)]
+    pub(super) api_keys: Vec<Spanned<String>>,
+    #[serde(default)]
     pub(super) auth: RawAuth,
     #[serde(default)]
     pub(super) headers: BTreeMap<Spanned<String>, Spanned<String>>,

@@ -65,6 +65,7 @@ fn check_route(index: usize, raw: &RawRoute, checker: &mut Checker<'_>) -> Optio
     };
     let auth = check_auth(index, &raw.auth, checker);
     let headers = check_headers(index, &raw.headers, checker);
+    let api_keys = super::validate::key_hashes(&key("api_keys"), &raw.api_keys, checker);
     let max_body_bytes = match &raw.max_body_bytes {
         None => Some(DEFAULT_MAX_BODY_BYTES),
         Some(limit) if *limit.get_ref() >= 1024 => Some(*limit.get_ref()),
@@ -85,6 +86,7 @@ fn check_route(index: usize, raw: &RawRoute, checker: &mut Checker<'_>) -> Optio
         upstream_text: raw.upstream.get_ref().clone(),
         ca_file: ca_file?,
         max_body_bytes: max_body_bytes?,
+        api_keys: api_keys?,
         auth: auth?,
         headers: headers?,
     })

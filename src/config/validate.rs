@@ -105,7 +105,9 @@ pub(super) fn file_config(
     env: &dyn Env,
 ) -> Result<Config, Vec<FieldError>> {
     let mut checker = Checker::new(SourceFile { path, text }, env);
-    let server = server(raw.server, &mut checker);
+    // A key on any route makes every route need one, so callers are known everywhere.
+    let route_keys = raw.routes.iter().any(|route| !route.api_keys.is_empty());
+    let server = server(raw.server, route_keys, &mut checker);
     let store = store(raw.store, &mut checker);
     let admin = super::admin::check(raw.admin, &mut checker);
     let routes = routes::check(raw.routes, &mut checker);
@@ -144,7 +146,7 @@ pub(super) fn default_server(listen: SocketAddr, databricks: bool) -> ServerConf
     }
 }
 
-fn server(raw: RawServer, checker: &mut Checker<'_>) -> Option<ServerConfig> {
+fn server(raw: RawServer, route_keys: bool, checker: &mut Checker<'_>) -> Option<ServerConfig> {
     let (listen, databricks) = listen_address(raw.listen.as_ref(), checker);
     let tls = match &raw.tls {
         Some(tls) => tls_files(tls, checker).map(Some),
@@ -176,7 +178,7 @@ fn server(raw: RawServer, checker: &mut Checker<'_>) -> Option<ServerConfig> {
 
     // Only meaningful once the address and the keys are known to be well-formed.
     if let (Some(listen), Some(keys)) = (listen, &api_keys) {
-        let callers_known = !keys.is_empty() || raw.allow_anonymous || databricks;
+        let callers_known = !keys.is_empty() || route_keys || raw.allow_anonymous || databricks;
         if !listen.ip().is_loopback() && !callers_known {
             let span = raw.listen.as_ref().map(Spanned::span);
             let kind = FieldErrorKind::UnauthenticatedBind { addr: listen };
@@ -376,13 +378,22 @@ fn allowed_origins(raw: &[Spanned<String>], checker: &mut Checker<'_>) -> Option
 }
 
 fn api_keys(raw: &[Spanned<String>], checker: &mut Checker<'_>) -> Option<Vec<ApiKeyHash>> {
+    key_hashes("server.api_keys", raw, checker)
+}
+
+/// A list of `sha256:<hex>` key hashes at `path`.
+pub(super) fn key_hashes(
+    path: &str,
+    raw: &[Spanned<String>],
+    checker: &mut Checker<'_>,
+) -> Option<Vec<ApiKeyHash>> {
     let mut keys = Vec::with_capacity(raw.len());
     let mut all_valid = true;
     for (index, text) in raw.iter().enumerate() {
         match ApiKeyHash::parse(text.get_ref().trim()) {
             Some(key) => keys.push(key),
             None => {
-                let key = format!("server.api_keys[{index}]");
+                let key = format!("{path}[{index}]");
                 checker.fail(key, Some(text.span()), FieldErrorKind::InvalidApiKey);
                 all_valid = false;
             }

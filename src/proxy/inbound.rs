@@ -1,9 +1,10 @@
 //! Inbound authentication: who may use the gateway's routes.
 //!
-//! When the gateway has API keys configured, every proxied request must carry one as
-//! `Authorization: Bearer <key>`. Only SHA-256 hashes of keys are kept, and they are compared
-//! in constant time. The key never travels further: the proxy replaces `Authorization` with
-//! the route's own upstream token.
+//! When the gateway has API keys configured (`server.api_keys` for every route, a route's
+//! own `api_keys` for that route alone), every proxied request must carry one as
+//! `Authorization: Bearer <key>`, and a key for one route opens no other. Only SHA-256 hashes
+//! of keys are kept, and they are compared in constant time. The key never travels further:
+//! the proxy replaces `Authorization` with the route's own upstream token.
 
 use http::header;
 use pingora::http::RequestHeader;
@@ -12,20 +13,25 @@ use subtle::ConstantTimeEq;
 
 use crate::config::ApiKeyHash;
 
-/// The gateway's accepted API keys, as hashes; empty means no key is required.
+/// The gateway's accepted API keys, as hashes.
 #[derive(Debug, Default)]
 pub(crate) struct Inbound {
+    /// Keys good for every route.
     keys: Vec<ApiKeyHash>,
+    /// Some key is configured somewhere, so every route needs one.
+    required: bool,
 }
 
 impl Inbound {
-    pub(crate) fn new(keys: Vec<ApiKeyHash>) -> Self {
-        Self { keys }
+    /// `keys` for every route; `route_keys` whether any route has keys of its own.
+    pub(crate) fn new(keys: Vec<ApiKeyHash>, route_keys: bool) -> Self {
+        let required = route_keys || !keys.is_empty();
+        Self { keys, required }
     }
 
-    /// Whether `request` may use a route.
-    pub(crate) fn allows(&self, request: &RequestHeader) -> bool {
-        if self.keys.is_empty() {
+    /// Whether `request` may use the route whose own keys are `route_keys`.
+    pub(crate) fn allows(&self, request: &RequestHeader, route_keys: &[ApiKeyHash]) -> bool {
+        if !self.required {
             return true;
         }
         let Some(key) = bearer(request) else {
@@ -33,9 +39,13 @@ impl Inbound {
         };
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         // Check every key, so that timing says nothing about which one matched.
-        self.keys.iter().fold(0u8, |found, known| {
-            found | known.as_bytes().ct_eq(&digest).unwrap_u8()
-        }) == 1
+        self.keys
+            .iter()
+            .chain(route_keys)
+            .fold(0u8, |found, known| {
+                found | known.as_bytes().ct_eq(&digest).unwrap_u8()
+            })
+            == 1
     }
 }
 
@@ -63,15 +73,25 @@ mod tests {
     #[test]
     fn only_a_listed_key_is_allowed() {
         let hash = format!("sha256:{:x}", Sha256::digest(b"k-123"));
-        let inbound = Inbound::new(vec![ApiKeyHash::parse(&hash).expect("hash")]);
-        assert!(inbound.allows(&request(Some("Bearer k-123"))));
-        assert!(inbound.allows(&request(Some("bearer k-123"))));
-        assert!(!inbound.allows(&request(Some("Bearer k-124"))));
-        assert!(!inbound.allows(&request(None)));
+        let inbound = Inbound::new(vec![ApiKeyHash::parse(&hash).expect("hash")], false);
+        assert!(inbound.allows(&request(Some("Bearer k-123")), &[]));
+        assert!(inbound.allows(&request(Some("bearer k-123")), &[]));
+        assert!(!inbound.allows(&request(Some("Bearer k-124")), &[]));
+        assert!(!inbound.allows(&request(None), &[]));
+    }
+
+    #[test]
+    fn a_routes_own_key_opens_that_route_only() {
+        let hash = format!("sha256:{:x}", Sha256::digest(b"route-key"));
+        let own = [ApiKeyHash::parse(&hash).expect("hash")];
+        let inbound = Inbound::new(Vec::new(), true);
+        assert!(inbound.allows(&request(Some("Bearer route-key")), &own));
+        assert!(!inbound.allows(&request(Some("Bearer route-key")), &[]));
+        assert!(!inbound.allows(&request(None), &[]));
     }
 
     #[test]
     fn no_keys_means_open() {
-        assert!(Inbound::default().allows(&request(None)));
+        assert!(Inbound::default().allows(&request(None), &[]));
     }
 }
