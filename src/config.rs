@@ -85,6 +85,8 @@ pub(crate) struct ServerConfig {
     pub(crate) sign_in_timeout: Duration,
     /// Per client address, for sign-in starts, callbacks, forms and the admin API; 0 is off.
     pub(crate) control_requests_per_minute: u32,
+    /// Event streams the gateway relays at once; past it, new ones get 503.
+    pub(crate) max_streams: usize,
     pub(crate) tls: Option<TlsConfig>,
     /// Running on Databricks Apps, which authenticates callers in front of the gateway
     /// and forwards their identity.

@@ -88,6 +88,9 @@ pub(crate) struct Shared {
     pub(crate) oauth: HashMap<String, Arc<OAuthRoute>>,
     pub(crate) flows: PendingFlows,
     pub(crate) admin: AdminAuth,
+    /// Event streams relayed right now, against `max_streams`.
+    pub(crate) streams: Inflight,
+    pub(crate) max_streams: usize,
     /// The rate limit on sign-in starts, callbacks, forms and the admin API.
     pub(crate) control_rate: crate::control::rate::RateLimiter,
     /// Which `Host` and `Origin` values requests may carry.
@@ -339,6 +342,8 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
         flows: PendingFlows::new(config.server.sign_in_timeout),
         admin: AdminAuth::new(&config.admin).map_err(StartError::AdminToken)?,
         admin_listener: config.admin.listen,
+        streams: Inflight::default(),
+        max_streams: config.server.max_streams,
         control_rate: crate::control::rate::RateLimiter::new(
             config.server.control_requests_per_minute,
         ),

@@ -416,3 +416,69 @@ async fn a_key_for_one_route_opens_no_other_and_no_key_reaches_an_upstream() {
             .all(|r| r.header("authorization") == Some(&format!("Bearer {TOKEN}")[..]))
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_past_the_gateways_bound_get_503_and_other_traffic_carries_on() {
+    let (upstream, gateway) = {
+        let upstream = MockUpstream::start(MockOptions {
+            token: TOKEN.into(),
+            ..Default::default()
+        })
+        .await;
+        let gateway = single_route("/up", upstream.base_url(), TOKEN, "max_streams = 2");
+        (upstream, gateway)
+    };
+    let open = || {
+        client()
+            .get(format!("{}/up/silent", gateway.url()))
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    let first = open().await.expect("stream");
+    let second = open().await.expect("stream");
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let third = open().await.expect("stream");
+    assert_eq!(third.status(), 503);
+    let body: Value = third.json().await.expect("json");
+    assert_eq!(body["error"], "too_many_streams");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("max_streams")
+    );
+
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let post = client()
+        .post(format!("{}/up/mcp", gateway.url()))
+        .header("accept", "application/json")
+        .json(&init)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        post.status(),
+        200,
+        "requests that are not streams are not counted"
+    );
+
+    // A stream that ends frees its place.
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let again = open().await.expect("stream");
+        if again.status() == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(upstream.state().open_streams() <= 2);
+}

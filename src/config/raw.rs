@@ -45,6 +45,7 @@ pub(super) struct RawServer {
     pub(super) read_timeout_secs: Option<Spanned<u64>>,
     pub(super) sign_in_timeout_secs: Option<Spanned<u64>>,
     pub(super) control_requests_per_minute: Option<u32>,
+    pub(super) max_streams: Option<usize>,
     pub(super) tls: Option<RawTls>,
 }
 

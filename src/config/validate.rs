@@ -27,6 +27,8 @@ const DEFAULT_READ_TIMEOUT_SECS: u64 = 300;
 const DEFAULT_SIGN_IN_TIMEOUT_SECS: u64 = 600;
 /// Far above what a person or the CLI needs, far below what a flood would.
 const DEFAULT_CONTROL_REQUESTS_PER_MINUTE: u32 = 120;
+/// Each stream holds two sockets and a little memory; this many fit any laptop or VM.
+const DEFAULT_MAX_STREAMS: usize = 4096;
 
 /// Collects the broken rules of one file and resolves the paths written in it.
 pub(super) struct Checker<'a> {
@@ -141,6 +143,7 @@ pub(super) fn default_server(listen: SocketAddr, databricks: bool) -> ServerConf
         read_timeout: Duration::from_secs(DEFAULT_READ_TIMEOUT_SECS),
         sign_in_timeout: Duration::from_secs(DEFAULT_SIGN_IN_TIMEOUT_SECS),
         control_requests_per_minute: DEFAULT_CONTROL_REQUESTS_PER_MINUTE,
+        max_streams: DEFAULT_MAX_STREAMS,
         tls: None,
         databricks,
     }
@@ -202,6 +205,7 @@ fn server(raw: RawServer, route_keys: bool, checker: &mut Checker<'_>) -> Option
         control_requests_per_minute: raw
             .control_requests_per_minute
             .unwrap_or(DEFAULT_CONTROL_REQUESTS_PER_MINUTE),
+        max_streams: raw.max_streams.unwrap_or(DEFAULT_MAX_STREAMS),
         tls: tls?,
         databricks,
     })

@@ -41,6 +41,18 @@ pub(crate) async fn relay(
     token: Option<&AccessToken>,
     cors: Option<&str>,
 ) -> pingora::Result<u16> {
+    // Counted from before the upstream is asked, so a burst cannot overshoot the bound.
+    let _slot = shared.streams.enter();
+    if shared.streams.count() > shared.max_streams {
+        shared.metrics.limited(&route.name, "streams");
+        let message = format!(
+            "the gateway relays {} event streams at most (server.max_streams) and all are open; \
+             try again shortly",
+            shared.max_streams
+        );
+        let body = reply::error_body("too_many_streams", message);
+        return reply::json(session, 503, &body).await;
+    }
     let mut upstream = match open(session, shared, route, url, token, None).await {
         Ok(upstream) => upstream,
         Err(error) => return Ok(upstream_error_reply(session, shared, &route.name, &error).await),
