@@ -255,8 +255,7 @@ async fn a_person_signs_in_through_the_page_in_a_real_browser() {
     let answer: Value = reqwest::Client::new()
         .post(format!("{}/up/mcp", gateway.url()))
         .header("accept", "application/json")
-        .json(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-            "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}))
+        .json(&support::initialize_request())
         .send()
         .await
         .expect("initialize")

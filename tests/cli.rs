@@ -255,8 +255,7 @@ async fn sigterm_lets_a_request_in_flight_finish_then_exits() {
     let init = client
         .post(format!("{url}/up/mcp"))
         .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-            "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}))
+        .json(&support::initialize_request())
         .send()
         .await
         .expect("initialize");
@@ -380,8 +379,7 @@ async fn each_proxied_request_logs_one_line_in_a_span_with_its_outcome() {
     let status = reqwest::Client::new()
         .post(format!("{url}/up/mcp"))
         .header("accept", "application/json")
-        .json(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-            "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}))
+        .json(&support::initialize_request())
         .send()
         .await
         .expect("post")
@@ -447,8 +445,7 @@ async fn keygen_prints_a_key_whose_hash_line_lets_that_key_in() {
         ),
         &[("token", "t")],
     );
-    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let init = support::initialize_request();
     let post = |key: &str| {
         reqwest::Client::new()
             .post(format!("{}/up/mcp", gateway.url()))

@@ -339,8 +339,7 @@ async fn metrics_count_requests_by_json_rpc_method_and_carry_no_secret() {
     let upstream = MockUpstream::start(MockOptions::default()).await;
     let gateway = oauth_gateway(&upstream, "");
     assert_eq!(sign_in(&gateway).await.0, 200);
-    let init = serde_json::json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let init = support::initialize_request();
     let response = rpc(&gateway, "", init).await;
     let session_id = response.headers()["mcp-session-id"]
         .to_str()

@@ -83,8 +83,7 @@ async fn no_secret_reaches_logs_metrics_pages_or_error_bodies_even_at_trace() {
         }
         request.send()
     };
-    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let init = support::initialize_request();
     let response = mcp(init, None, API_KEY).await.expect("initialize");
     let session = response.headers()["mcp-session-id"]
         .to_str()

@@ -505,8 +505,7 @@ async fn session_id(gateway: &TestGateway) -> String {
     let response = browser()
         .post(format!("{}/up/mcp", gateway.url()))
         .header("accept", "application/json")
-        .json(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-            "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}))
+        .json(&support::initialize_request())
         .send()
         .await
         .expect("initialize");

@@ -264,10 +264,7 @@ async fn a_streamable_http_session_runs_end_to_end() {
         session: None,
     };
 
-    let (status, init) = mcp
-        .post(json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-            "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}))
-        .await;
+    let (status, init) = mcp.post(support::initialize_request()).await;
     assert_eq!(status, 200);
     assert_eq!(
         init.expect("init")["result"]["serverInfo"]["name"],
@@ -346,11 +343,7 @@ async fn post_sse_responses_stream_event_by_event() {
         url: format!("{}/up/mcp", gateway.url()),
         session: None,
     };
-    mcp.post(
-        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}),
-    )
-    .await;
+    mcp.post(support::initialize_request()).await;
 
     let response = client()
         .post(&mcp.url)

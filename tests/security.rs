@@ -56,11 +56,7 @@ async fn send(
         "POST" => client()
             .post(url)
             .header("accept", "application/json, text/event-stream")
-            .json(
-                &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-                "protocolVersion":"2025-11-25","capabilities":{},
-                "clientInfo":{"name":"t","version":"1"}}}),
-            ),
+            .json(&support::initialize_request()),
         _ => client().get(url).header("accept", "text/event-stream"),
     };
     for (name, value) in headers {
@@ -175,8 +171,7 @@ async fn an_allow_listed_browser_client_gets_cors_and_nothing_more() {
         "preflights stay at the gateway"
     );
 
-    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let init = support::initialize_request();
     let response = client()
         .post(format!("{}/up/mcp", gateway.url()))
         .header("origin", APP)
@@ -260,8 +255,7 @@ async fn bodies_over_the_routes_limit_get_413_with_or_without_a_length() {
     } // else: the gateway closed the connection before the client finished sending
 
     // Other clients carry on.
-    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let init = support::initialize_request();
     let ok = client()
         .post(format!("{}/up/mcp", gateway.url()))
         .header("accept", "application/json")
@@ -328,8 +322,7 @@ async fn a_flood_of_sign_in_and_admin_requests_is_limited_and_others_carry_on() 
             .expect("get");
         assert_eq!(response.status(), 200, "{path}");
     }
-    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let init = support::initialize_request();
     for _ in 0..10 {
         let ok = client()
             .post(format!("{}/up/mcp", gateway.url()))
@@ -387,8 +380,7 @@ async fn a_key_for_one_route_opens_no_other_and_no_key_reaches_an_upstream() {
         ),
         &[("token", TOKEN)],
     );
-    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let init = support::initialize_request();
     let call = |route: &str, key: Option<&str>| {
         let mut request = client()
             .post(format!("{}/{route}/mcp", gateway.url()))
@@ -451,8 +443,7 @@ async fn streams_past_the_gateways_bound_get_503_and_other_traffic_carries_on() 
             .contains("max_streams")
     );
 
-    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let init = support::initialize_request();
     let post = client()
         .post(format!("{}/up/mcp", gateway.url()))
         .header("accept", "application/json")

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use url::Url;
 
 use super::gateway::{TestGateway, start};
@@ -78,8 +78,7 @@ pub async fn initialize(gateway: &TestGateway) -> (u16, Value) {
     let response = browser()
         .post(format!("{}/up/mcp", gateway.url()))
         .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-            "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}))
+        .json(&super::initialize_request())
         .send()
         .await
         .expect("initialize");
