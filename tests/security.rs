@@ -11,15 +11,27 @@ use support::mock_upstream::{MockOptions, MockUpstream};
 const TOKEN: &str = "security-upstream-token";
 const APP: &str = "http://localhost:6274";
 
-async fn gateway() -> (MockUpstream, TestGateway) {
-    let upstream = MockUpstream::start(MockOptions {
+/// The mock upstream, taking [`TOKEN`].
+async fn upstream() -> MockUpstream {
+    MockUpstream::start(MockOptions {
         token: TOKEN.into(),
         ..Default::default()
     })
-    .await;
-    let extra = format!("allowed_origins = [\"{APP}\"]\nallowed_hosts = [\"gw.internal\"]");
-    let gateway = single_route("/up", upstream.base_url(), TOKEN, &extra);
+    .await
+}
+
+/// A gateway with the route `/up` to the mock, `server_extra` added to `[server]`.
+async fn gateway_with(server_extra: &str) -> (MockUpstream, TestGateway) {
+    let upstream = upstream().await;
+    let gateway = single_route("/up", upstream.base_url(), TOKEN, server_extra);
     (upstream, gateway)
+}
+
+async fn gateway() -> (MockUpstream, TestGateway) {
+    gateway_with(&format!(
+        "allowed_origins = [\"{APP}\"]\nallowed_hosts = [\"gw.internal\"]"
+    ))
+    .await
 }
 
 fn client() -> reqwest::Client {
@@ -203,11 +215,7 @@ async fn an_allow_listed_browser_client_gets_cors_and_nothing_more() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_over_the_routes_limit_get_413_with_or_without_a_length() {
-    let upstream = MockUpstream::start(MockOptions {
-        token: TOKEN.into(),
-        ..Default::default()
-    })
-    .await;
+    let upstream = upstream().await;
     let gateway = support::gateway::start(
         &format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nname = \"up\"\nprefix = \"/up\"\n\
@@ -280,17 +288,7 @@ async fn bodies_over_the_routes_limit_get_413_with_or_without_a_length() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_of_sign_in_and_admin_requests_is_limited_and_others_carry_on() {
-    let upstream = MockUpstream::start(MockOptions {
-        token: TOKEN.into(),
-        ..Default::default()
-    })
-    .await;
-    let gateway = single_route(
-        "/up",
-        upstream.base_url(),
-        TOKEN,
-        "control_requests_per_minute = 5",
-    );
+    let (_upstream, gateway) = gateway_with("control_requests_per_minute = 5").await;
     let mut statuses = Vec::new();
     for path in ["/admin/api/routes"; 5]
         .into_iter()
@@ -356,11 +354,7 @@ fn key_hash(key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_for_one_route_opens_no_other_and_no_key_reaches_an_upstream() {
-    let upstream = MockUpstream::start(MockOptions {
-        token: TOKEN.into(),
-        ..Default::default()
-    })
-    .await;
+    let upstream = upstream().await;
     let route = |name: &str, keys: &str| {
         format!(
             "[[routes]]\nname = \"{name}\"\nprefix = \"/{name}\"\nupstream = \"{}\"\n{keys}\
@@ -411,15 +405,7 @@ async fn a_key_for_one_route_opens_no_other_and_no_key_reaches_an_upstream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn streams_past_the_gateways_bound_get_503_and_other_traffic_carries_on() {
-    let (upstream, gateway) = {
-        let upstream = MockUpstream::start(MockOptions {
-            token: TOKEN.into(),
-            ..Default::default()
-        })
-        .await;
-        let gateway = single_route("/up", upstream.base_url(), TOKEN, "max_streams = 2");
-        (upstream, gateway)
-    };
+    let (upstream, gateway) = gateway_with("max_streams = 2").await;
     let open = || {
         client()
             .get(format!("{}/up/silent", gateway.url()))
