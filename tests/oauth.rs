@@ -742,6 +742,21 @@ async fn a_callback_naming_another_authorization_server_is_refused() {
         "{files:?}"
     );
 
+    // A server that promises iss and leaves it out is refused too.
+    let upstream = MockUpstream::start(MockOptions {
+        iss_promised_not_sent: true,
+        ..Default::default()
+    })
+    .await;
+    let gateway = oauth_gateway(&upstream, "");
+    let (status, page) = sign_in(&gateway).await;
+    assert_eq!(status, 400, "{page}");
+    assert!(
+        page.contains("does not name its authorization server"),
+        "{page}"
+    );
+    assert_eq!(upstream.oauth().token_requests(), 0);
+
     // The issuer the sign-in went to passes.
     let upstream = MockUpstream::start(MockOptions {
         iss_in_responses: true,

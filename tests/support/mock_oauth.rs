@@ -634,7 +634,7 @@ async fn authorization_server_metadata(State(server): State<AuthServer>) -> Resp
     if server.options.client_metadata_documents {
         metadata["client_id_metadata_document_supported"] = json!(true);
     }
-    if server.options.iss_in_responses {
+    if server.options.iss_in_responses || server.options.iss_promised_not_sent {
         metadata["authorization_response_iss_parameter_supported"] = json!(true);
     }
     if server.options.as_metadata == AsMetadataMode::OpenId {

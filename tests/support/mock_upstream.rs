@@ -108,6 +108,9 @@ pub struct MockOptions {
     /// in [`MockOptions::iss_override`] sends another issuer's name instead.
     pub iss_in_responses: bool,
     pub iss_override: Option<String>,
+    /// Advertise `iss` in authorization responses but leave it out, as a broken or
+    /// impersonated server would.
+    pub iss_promised_not_sent: bool,
     /// Clients known without registration.
     pub preregistered: Vec<PreregisteredClient>,
     /// Serve dynamic client registration at `/register`.
@@ -141,6 +144,7 @@ impl Default for MockOptions {
             consent_page: false,
             iss_in_responses: false,
             iss_override: None,
+            iss_promised_not_sent: false,
             preregistered: Vec::new(),
             dcr_enabled: true,
             client_metadata_documents: false,
