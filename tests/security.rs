@@ -57,6 +57,30 @@ const PATHS: &[(&str, &str)] = &[
     ("GET", "/metrics"),
 ];
 
+/// An MCP `initialize` POST to `/up/mcp`; its status.
+async fn initialize(gateway: &TestGateway) -> u16 {
+    client()
+        .post(format!("{}/up/mcp", gateway.url()))
+        .header("accept", "application/json")
+        .json(&support::initialize_request())
+        .send()
+        .await
+        .expect("initialize")
+        .status()
+        .as_u16()
+}
+
+async fn scrape(gateway: &TestGateway) -> String {
+    client()
+        .get(format!("{}/metrics", gateway.url()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
 async fn send(
     gateway: &TestGateway,
     method: &str,
@@ -263,23 +287,8 @@ async fn bodies_over_the_routes_limit_get_413_with_or_without_a_length() {
     } // else: the gateway closed the connection before the client finished sending
 
     // Other clients carry on.
-    let init = support::initialize_request();
-    let ok = client()
-        .post(format!("{}/up/mcp", gateway.url()))
-        .header("accept", "application/json")
-        .json(&init)
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(ok.status(), 200);
-    let metrics = client()
-        .get(format!("{}/metrics", gateway.url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    assert_eq!(initialize(&gateway).await, 200);
+    let metrics = scrape(&gateway).await;
     assert!(
         metrics.contains("mcp_gateway_limited_requests_total{limit=\"body_size\",route=\"up\"} 2"),
         "{metrics}"
@@ -320,25 +329,10 @@ async fn a_flood_of_sign_in_and_admin_requests_is_limited_and_others_carry_on() 
             .expect("get");
         assert_eq!(response.status(), 200, "{path}");
     }
-    let init = support::initialize_request();
     for _ in 0..10 {
-        let ok = client()
-            .post(format!("{}/up/mcp", gateway.url()))
-            .header("accept", "application/json")
-            .json(&init)
-            .send()
-            .await
-            .expect("post");
-        assert_eq!(ok.status(), 200);
+        assert_eq!(initialize(&gateway).await, 200);
     }
-    let metrics = client()
-        .get(format!("{}/metrics", gateway.url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = scrape(&gateway).await;
     assert!(
         metrics.contains("mcp_gateway_limited_requests_total{limit=\"rate\",route=\"-\"} 3"),
         "{metrics}"
@@ -429,16 +423,8 @@ async fn streams_past_the_gateways_bound_get_503_and_other_traffic_carries_on() 
             .contains("max_streams")
     );
 
-    let init = support::initialize_request();
-    let post = client()
-        .post(format!("{}/up/mcp", gateway.url()))
-        .header("accept", "application/json")
-        .json(&init)
-        .send()
-        .await
-        .expect("post");
     assert_eq!(
-        post.status(),
+        initialize(&gateway).await,
         200,
         "requests that are not streams are not counted"
     );
