@@ -10,10 +10,10 @@
 pub(crate) mod admin;
 mod pages;
 pub(crate) mod rate;
+mod sign_in;
 pub(crate) mod status;
 mod ui;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -75,10 +75,10 @@ pub(crate) async fn serve(
         (&Method::GET, ["healthz"]) => reply::json(session, 200, &json!({ "status": "ok" })).await,
         (&Method::GET, ["readyz"]) => readiness(session, shared).await,
         (&Method::GET, ["metrics"]) => metrics(session, shared).await,
-        (&Method::GET, ["auth", route, "start"]) => start_sign_in(session, shared, route).await,
+        (&Method::GET, ["auth", route, "start"]) => sign_in::start(session, shared, route).await,
         (&Method::POST, ["auth", route, "clear"]) => sign_out(session, shared, route).await,
         (&Method::POST, ["auth", route, "refresh"]) => refresh(session, shared, route).await,
-        (&Method::GET, ["oauth", "callback"]) => callback(session, shared).await,
+        (&Method::GET, ["oauth", "callback"]) => sign_in::callback(session, shared).await,
         (_, ["admin", "api", rest @ ..]) => admin::serve(session, shared, rest).await,
         (&Method::GET, _) if let Some(document) = metadata_document(shared, &path) => {
             reply::json(session, 200, &document).await
@@ -217,65 +217,6 @@ fn metadata_document(shared: &Shared, path: &str) -> Option<serde_json::Value> {
 
 fn oauth_route<'a>(shared: &'a Shared, name: &str) -> Option<&'a Arc<OAuthRoute>> {
     shared.oauth.get(name)
-}
-
-async fn start_sign_in(session: &mut Session, shared: &Shared, name: &str) -> pingora::Result<u16> {
-    let Some(route) = oauth_route(shared, name) else {
-        let page = pages::failed(None, &format!("there is no OAuth route named '{name}'"));
-        return html(session, 404, &page).await;
-    };
-    match shared.flows.start(route).await {
-        Ok(url) => {
-            shared.metrics.sign_in(&route.name, "started");
-            redirect(session, 302, url.as_str()).await
-        }
-        Err(error) => {
-            tracing::warn!(route = %route.name, %error, "sign-in could not start");
-            html(
-                session,
-                502,
-                &pages::failed(Some(&route.name), &error.to_string()),
-            )
-            .await
-        }
-    }
-}
-
-async fn callback(session: &mut Session, shared: &Shared) -> pingora::Result<u16> {
-    let params: HashMap<String, String> = session
-        .req_header()
-        .uri
-        .query()
-        .map(|query| {
-            url::form_urlencoded::parse(query.as_bytes())
-                .into_owned()
-                .collect()
-        })
-        .unwrap_or_default();
-    match shared.flows.complete(&params).await {
-        Ok(done) => {
-            shared.metrics.sign_in(&done.route, "completed");
-            html(
-                session,
-                200,
-                &pages::signed_in(&done.route, done.scope.as_deref()),
-            )
-            .await
-        }
-        Err(error) => {
-            let route = error.route().map(str::to_owned);
-            tracing::warn!(route = route.as_deref().unwrap_or("-"), %error, "sign-in failed");
-            shared
-                .metrics
-                .sign_in(route.as_deref().unwrap_or("-"), "failed");
-            html(
-                session,
-                400,
-                &pages::failed(route.as_deref(), &error.to_string()),
-            )
-            .await
-        }
-    }
 }
 
 /// Signs a route out, from the UI's form.

@@ -99,6 +99,25 @@ fn offline_config(dir: &Path, upstream: &MockUpstream) -> PathBuf {
     path
 }
 
+/// Signs in from the start page at `url` as a browser does: start → the mock authorization
+/// server, which approves at once → callback. Returns the callback page's status.
+async fn sign_in_at(url: url::Url) -> u16 {
+    let start = browser().get(url).send().await.expect("start");
+    assert_eq!(start.status(), 302, "the start page redirects");
+    let approved = browser()
+        .get(location(&start))
+        .send()
+        .await
+        .expect("authorize");
+    assert_eq!(approved.status(), 302, "the mock approves at once");
+    let page = browser()
+        .get(location(&approved))
+        .send()
+        .await
+        .expect("callback");
+    page.status().as_u16()
+}
+
 /// Runs `auth up`, completes the sign-in at the URL it prints, and returns its result.
 async fn auth_by_following_the_printed_url(
     config: &Path,
@@ -151,16 +170,11 @@ async fn without_a_gateway_the_commands_work_on_the_store() {
     assert_eq!(status["source"], "store");
     assert_eq!(status["routes"][0]["sign_in"]["state"], "needs_sign_in");
 
-    // No browser here: auth prints the authorization URL and serves the callback itself.
+    // No browser here: auth prints its own sign-in page's URL and serves the page and the
+    // callback itself.
     let (code, printed) = auth_by_following_the_printed_url(&config, async |url| {
-        let approved = browser().get(url).send().await.expect("authorize");
-        assert_eq!(approved.status(), 302);
-        let page = browser()
-            .get(location(&approved))
-            .send()
-            .await
-            .expect("callback");
-        assert_eq!(page.status(), 200);
+        assert_eq!(url.path(), "/auth/up/start");
+        assert_eq!(sign_in_at(url).await, 200);
     })
     .await;
     assert_eq!(code, 0, "{printed}");
@@ -218,18 +232,7 @@ async fn with_a_gateway_running_the_commands_use_its_admin_api() {
     let base = gateway.url();
     let (code, printed) = auth_by_following_the_printed_url(&config, async |url| {
         assert_eq!(url.path(), "/auth/up/start");
-        let start = browser().get(url).send().await.expect("start");
-        let approved = browser()
-            .get(location(&start))
-            .send()
-            .await
-            .expect("authorize");
-        let page = browser()
-            .get(location(&approved))
-            .send()
-            .await
-            .expect("callback");
-        assert_eq!(page.status(), 200);
+        assert_eq!(sign_in_at(url).await, 200);
     })
     .await;
     assert_eq!(code, 0, "{printed}");

@@ -9,18 +9,16 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::gateway::{TestGateway, start};
 use support::mock_upstream::{MockOptions, MockUpstream};
-use support::signin::{browser, initialize, location, oauth_gateway, query, sign_in, store_files};
+use support::signin::{
+    browser, initialize, location, oauth_gateway, query, sign_in, start_sign_in, store_files,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sign_in_through_the_gateway_then_clients_use_the_new_token() {
     let upstream = MockUpstream::start(MockOptions::default()).await;
     let gateway = oauth_gateway(&upstream, "");
 
-    let start = browser()
-        .get(format!("{}/auth/up/start", gateway.url()))
-        .send()
-        .await
-        .expect("start");
+    let start = start_sign_in(&gateway.url(), "up").await;
     assert_eq!(start.status(), 302);
     let params = query(&location(&start));
     assert_eq!(params["response_type"], "code");
@@ -81,11 +79,7 @@ async fn sign_in_through_the_gateway_then_clients_use_the_new_token() {
 async fn a_state_works_once_and_a_forged_one_never() {
     let upstream = MockUpstream::start(MockOptions::default()).await;
     let gateway = oauth_gateway(&upstream, "");
-    let start = browser()
-        .get(format!("{}/auth/up/start", gateway.url()))
-        .send()
-        .await
-        .expect("start");
+    let start = start_sign_in(&gateway.url(), "up").await;
     let approved = browser()
         .get(location(&start))
         .send()
@@ -118,6 +112,130 @@ async fn a_state_works_once_and_a_forged_one_never() {
     );
 }
 
+/// A client with no cookies: another browser than the one that started a sign-in.
+fn other_browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callback_in_another_browser_is_refused_and_stores_nothing() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = oauth_gateway(&upstream, "");
+    let start = start_sign_in(&gateway.url(), "up").await;
+    let approved = browser()
+        .get(location(&start))
+        .send()
+        .await
+        .expect("authorize");
+    let callback = location(&approved);
+
+    // Someone who started a sign-in sends its callback link to a victim (login CSRF).
+    let elsewhere = other_browser()
+        .get(callback.clone())
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(elsewhere.status(), 400);
+    let page = elsewhere.text().await.expect("page");
+    assert!(page.contains("started in another browser"), "{page}");
+    assert_eq!(upstream.state().oauth().token_requests(), 0);
+    assert_eq!(initialize(&gateway).await.1["error"]["code"], -32001);
+
+    // The link is spent: not even the browser that started it can finish with it.
+    let late = browser().get(callback).send().await.expect("callback");
+    assert_eq!(late.status(), 400);
+    assert!(late.text().await.expect("page").contains("already used"));
+    assert_eq!(upstream.state().oauth().token_requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_start_page_moves_the_browser_to_the_public_url_and_sets_the_binding_cookie() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = oauth_gateway(&upstream, "");
+    let port = gateway.running.local_addr().port();
+
+    // Under 127.0.0.1 the cookie would not reach the callback at localhost.
+    let moved = other_browser()
+        .get(format!("{}/auth/up/start", gateway.url()))
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(moved.status(), 302);
+    assert_eq!(
+        location(&moved).as_str(),
+        format!("http://localhost:{port}/auth/up/start?canonical=1")
+    );
+    assert!(moved.headers().get("set-cookie").is_none());
+
+    let started = start_sign_in(&gateway.url(), "up").await;
+    assert_eq!(location(&started).path(), "/authorize");
+    let cookie = started.headers()["set-cookie"].to_str().expect("ascii");
+    assert!(cookie.starts_with("mcp_gateway_sign_in_"), "{cookie}");
+    for attribute in [
+        "Path=/oauth/callback",
+        "Max-Age=600",
+        "HttpOnly",
+        "SameSite=Lax",
+    ] {
+        assert!(cookie.contains(attribute), "{attribute} in {cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "an http gateway: {cookie}");
+
+    // A proxy in front that rewrites Host gets one move, never a loop.
+    let marked = other_browser()
+        .get(format!("{}/auth/up/start?canonical=1", gateway.url()))
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(location(&marked).path(), "/authorize");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callback_with_a_token_or_a_repeated_parameter_is_refused() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = oauth_gateway(&upstream, "");
+    let start = start_sign_in(&gateway.url(), "up").await;
+    let approved = browser()
+        .get(location(&start))
+        .send()
+        .await
+        .expect("authorize");
+    let callback = location(&approved);
+    let real = callback.query().expect("query").to_owned();
+
+    let in_url = "in its URL, but the gateway asks only for an authorization code";
+    let repeats = "repeats the parameter";
+    for (extra, names, says) in [
+        ("access_token=at-injected", "access_token", in_url),
+        ("id_token=x", "id_token", in_url),
+        ("code=second-code", "code", repeats),
+        ("state=second-state", "state", repeats),
+        ("iss=a&iss=b", "iss", repeats),
+    ] {
+        let mut tampered = callback.clone();
+        tampered.set_query(Some(&format!("{real}&{extra}")));
+        let refused = browser().get(tampered).send().await.expect("callback");
+        assert_eq!(refused.status(), 400, "{extra}");
+        let page = refused.text().await.expect("page");
+        let named = format!("&#39;{names}&#39;");
+        assert!(
+            page.contains(says) && page.contains(&named),
+            "{extra}: {page}"
+        );
+    }
+    assert_eq!(upstream.state().oauth().token_requests(), 0);
+
+    // Parameters the gateway does not read are ignored, as RFC 6749 requires.
+    let mut extended = callback.clone();
+    extended.set_query(Some(&format!("{real}&session_state=abc&scope=mcp")));
+    let page = browser().get(extended).send().await.expect("callback");
+    assert_eq!(page.status(), 200);
+    assert_eq!(upstream.state().oauth().token_requests(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sign_in_finished_too_late_is_refused_and_stores_nothing() {
     let upstream = MockUpstream::start(MockOptions::default()).await;
@@ -138,11 +256,7 @@ upstream = "{}"
         ),
         &[],
     );
-    let start = browser()
-        .get(format!("{}/auth/up/start", gateway.url()))
-        .send()
-        .await
-        .expect("start");
+    let start = start_sign_in(&gateway.url(), "up").await;
     let approved = browser()
         .get(location(&start))
         .send()
@@ -451,11 +565,7 @@ async fn an_issuer_mismatch_is_refused_unless_the_route_allows_it() {
     };
     let upstream = MockUpstream::start(options()).await;
     let strict = oauth_gateway(&upstream, "");
-    let refused = browser()
-        .get(format!("{}/auth/up/start", strict.url()))
-        .send()
-        .await
-        .expect("start");
+    let refused = start_sign_in(&strict.url(), "up").await;
     assert_eq!(refused.status(), 502);
     assert!(
         refused
@@ -477,11 +587,7 @@ async fn routes_that_reject_resource_can_turn_it_off() {
     })
     .await;
     let gateway = oauth_gateway(&upstream, "send_resource = false");
-    let start = browser()
-        .get(format!("{}/auth/up/start", gateway.url()))
-        .send()
-        .await
-        .expect("start");
+    let start = start_sign_in(&gateway.url(), "up").await;
     assert!(!query(&location(&start)).contains_key("resource"));
     assert_eq!(sign_in(&gateway).await.0, 200);
 }
@@ -651,11 +757,7 @@ async fn insufficient_scope_is_explained_and_the_next_sign_in_asks_for_it() {
     // Other calls keep working with the tokens the route has.
     assert_eq!(echo_call(&gateway, &session, "still fine").await.0, 200);
 
-    let start = browser()
-        .get(format!("{}/auth/up/start", gateway.url()))
-        .send()
-        .await
-        .expect("start");
+    let start = start_sign_in(&gateway.url(), "up").await;
     let scope = query(&location(&start))["scope"].clone();
     assert!(scope.split(' ').any(|s| s == "mcp:admin"), "{scope}");
     assert!(scope.split(' ').any(|s| s == "mcp:read"), "{scope}");

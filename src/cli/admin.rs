@@ -2,9 +2,9 @@
 //!
 //! Each asks the running gateway's admin API first, at the address the configuration
 //! names. When no gateway answers there, the command works on the token store directly,
-//! with the same code the gateway runs; `auth` then serves the OAuth callback itself, on the
-//! configured address, for as long as the sign-in takes. Output is plain aligned text, or
-//! with `--json` the admin API's own JSON, stable for scripts.
+//! with the same code the gateway runs; `auth` then serves the sign-in pages and the OAuth
+//! callback itself, on the configured address, for as long as the sign-in takes. Output is
+//! plain aligned text, or with `--json` the admin API's own JSON, stable for scripts.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -480,12 +480,9 @@ pub(crate) fn auth(config: Config, name: &str) -> anyhow::Result<Done> {
                     .get(name)
                     .context("the route has no OAuth state")?
                     .clone();
-                let url = shared
-                    .flows
-                    .start(&route)
-                    .await
-                    .with_context(|| format!("starting the sign-in to route '{name}'"))?;
-                show_url(name, url.as_str());
+                // The browser starts at the gateway's own start page, which binds the
+                // sign-in to it with a cookie.
+                show_url(name, &route.sign_in_url);
                 let result = wait_for_store(&route, started).await;
                 // The callback that completed the sign-in is still writing its page.
                 let idle_by = Instant::now() + Duration::from_secs(5);

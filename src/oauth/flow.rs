@@ -2,11 +2,13 @@
 //! /oauth/callback`.
 //!
 //! Starting a sign-in creates a pending flow keyed by a random `state`: the route, a PKCE
-//! S256 verifier, the client and endpoints it was started with, and an expiry
-//! (`server.sign_in_timeout_secs`, ten minutes by default). The callback takes the flow out
-//! by its `state` (so a state works once), refuses an expired one, reports the
-//! authorization server's `error=`, exchanges the code with the verifier, stores the tokens
-//! and installs them. One callback serves every route: the `state` says which flow it ends.
+//! S256 verifier, the client and endpoints it was started with, an expiry
+//! (`server.sign_in_timeout_secs`, ten minutes by default) and a random value that binds
+//! the flow to the browser that started it, which the start page sets as a cookie. The
+//! callback takes the flow out by its `state` (so a state works once), refuses an expired
+//! one and one arriving from a browser without the cookie, reports the authorization
+//! server's `error=`, exchanges the code with the verifier, stores the tokens and installs
+//! them. One callback serves every route: the `state` says which flow it ends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use oauth2::{CsrfToken, PkceCodeChallenge, Scope};
 use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use url::Url;
 
 use super::exchange::{self, ExchangeError};
@@ -33,6 +37,21 @@ pub(crate) enum CallbackError {
     MissingState,
     #[error("this sign-in link is unknown or was already used: start the sign-in again")]
     UnknownState,
+    #[error(
+        "the callback repeats the parameter '{name}', which an authorization server sends \
+         once: it was not completed"
+    )]
+    Repeated { name: &'static str },
+    #[error(
+        "the callback carries '{name}' in its URL, but the gateway asks only for an \
+         authorization code and never accepts tokens in a URL: it was not completed"
+    )]
+    TokenInUrl { name: String },
+    #[error(
+        "this sign-in was started in another browser, or this browser did not keep the \
+         gateway's sign-in cookie: start the sign-in again from this browser"
+    )]
+    OtherBrowser { route: String },
     #[error(
         "this sign-in has expired (it must finish within {} s of starting): start it again",
         .lifetime.as_secs()
@@ -78,9 +97,13 @@ impl CallbackError {
     /// The route the failed flow belonged to, when it is known.
     pub(crate) fn route(&self) -> Option<&str> {
         match self {
-            CallbackError::MissingState | CallbackError::UnknownState => None,
+            CallbackError::MissingState
+            | CallbackError::UnknownState
+            | CallbackError::Repeated { .. }
+            | CallbackError::TokenInUrl { .. } => None,
             CallbackError::Denied { route, .. } => route.as_deref(),
             CallbackError::Expired { route, .. }
+            | CallbackError::OtherBrowser { route }
             | CallbackError::MissingCode { route }
             | CallbackError::WrongIssuer { route, .. }
             | CallbackError::MissingIssuer { route, .. }
@@ -95,6 +118,87 @@ fn describe(description: &Option<String>) -> String {
         .as_deref()
         .map(|text| format!(" ({text})"))
         .unwrap_or_default()
+}
+
+/// The parameters of a callback that the gateway reads (RFC 6749 §4.1.2, RFC 9207).
+///
+/// Others are ignored, as RFC 6749 requires of a client: providers add their own, such as
+/// `session_state` or `scope`. Two kinds are refused instead: a parameter the gateway
+/// reads that appears twice, since the two values could be read differently by the
+/// gateway and by whatever checked the URL before it; and a token in the URL, which only
+/// an implicit or hybrid response carries and the gateway never asks for.
+#[derive(Debug, Default)]
+pub(crate) struct CallbackParams {
+    state: Option<String>,
+    code: Option<Secret>,
+    iss: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// Response parameters that carry a credential, which the code flow never puts in a URL.
+const TOKEN_PARAMS: &[&str] = &["access_token", "id_token", "refresh_token", "token"];
+
+impl CallbackParams {
+    /// Reads a callback's query string.
+    pub(crate) fn parse(query: &str) -> Result<Self, CallbackError> {
+        let mut params = Self::default();
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            if TOKEN_PARAMS.contains(&name.as_ref()) {
+                return Err(CallbackError::TokenInUrl {
+                    name: name.into_owned(),
+                });
+            }
+            let (name, slot) = match name.as_ref() {
+                "state" => ("state", &mut params.state),
+                "iss" => ("iss", &mut params.iss),
+                "error" => ("error", &mut params.error),
+                "error_description" => ("error_description", &mut params.error_description),
+                "code" => {
+                    if params.code.replace(Secret::new(value)).is_some() {
+                        return Err(CallbackError::Repeated { name: "code" });
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            if slot.replace(value.into_owned()).is_some() {
+                return Err(CallbackError::Repeated { name });
+            }
+        }
+        Ok(params)
+    }
+
+    /// The `state` parameter, which names the flow the callback ends.
+    pub(crate) fn state(&self) -> Option<&str> {
+        self.state.as_deref()
+    }
+}
+
+/// The cookie that binds a sign-in to the browser that started it.
+#[derive(Debug)]
+pub(crate) struct BrowserBinding {
+    /// The cookie's name, one per flow, so that sign-ins in two tabs do not collide.
+    pub(crate) name: String,
+    pub(crate) value: Secret,
+}
+
+/// The name of the binding cookie of the flow with this `state`: a digest of the state,
+/// so the cookie's name says nothing the callback URL does not.
+pub(crate) fn binding_cookie_name(state: &str) -> String {
+    let digest = Sha256::digest(state.as_bytes());
+    let mut name = String::from("mcp_gateway_sign_in_");
+    for byte in &digest[..8] {
+        name.push_str(&format!("{byte:02x}"));
+    }
+    name
+}
+
+/// A sign-in that has begun: where to send the browser, and the cookie to set on it.
+#[derive(Debug)]
+pub(crate) struct Started {
+    pub(crate) authorize_url: Url,
+    pub(crate) binding: BrowserBinding,
 }
 
 /// Why a sign-in could not start.
@@ -124,6 +228,8 @@ struct PendingFlow {
     /// The authorization server's issuer, and whether its callbacks carry `iss`.
     issuer: String,
     issuer_in_responses: bool,
+    /// The value of the binding cookie set on the browser that started the flow.
+    browser: Secret,
     started: Instant,
 }
 
@@ -170,8 +276,9 @@ impl PendingFlows {
         }
     }
 
-    /// Starts a sign-in for `route`; returns the authorization URL to send the browser to.
-    pub(crate) async fn start(&self, route: &Arc<OAuthRoute>) -> Result<Url, StartError> {
+    /// Starts a sign-in for `route`: the authorization URL to send the browser to, and the
+    /// cookie that must come back with the callback.
+    pub(crate) async fn start(&self, route: &Arc<OAuthRoute>) -> Result<Started, StartError> {
         let discovered = route.discovered().await?;
         let client = registration::ensure(route, &discovered).await?;
         let server = &discovered.auth_server;
@@ -199,6 +306,11 @@ impl PendingFlows {
             request = request.add_extra_param(name.clone(), value.clone());
         }
         let (url, state) = request.url();
+        let browser = Secret::new(CsrfToken::new_random_len(32).secret().clone());
+        let binding = BrowserBinding {
+            name: binding_cookie_name(state.secret()),
+            value: browser.clone(),
+        };
 
         let flow = PendingFlow {
             route: Arc::clone(route),
@@ -209,6 +321,7 @@ impl PendingFlows {
             resource,
             issuer: server.issuer.clone(),
             issuer_in_responses: server.issuer_in_responses,
+            browser,
             started: Instant::now(),
         };
         let mut flows = self.flows.lock();
@@ -217,22 +330,27 @@ impl PendingFlows {
             return Err(StartError::TooMany);
         }
         flows.insert(state.secret().clone(), flow);
-        Ok(url)
+        Ok(Started {
+            authorize_url: url,
+            binding,
+        })
     }
 
-    /// Ends the sign-in that `params` (the callback's query) names.
+    /// Ends the sign-in that `params` names. `cookie` is the value of the flow's binding
+    /// cookie as the callback's browser sent it.
     pub(crate) async fn complete(
         &self,
-        params: &HashMap<String, String>,
+        params: &CallbackParams,
+        cookie: Option<&str>,
     ) -> Result<SignedIn, CallbackError> {
-        let state = params.get("state").ok_or(CallbackError::MissingState)?;
+        let state = params.state().ok_or(CallbackError::MissingState)?;
         // Taken out before anything else: a state is good for one callback only.
         let flow = self.flows.lock().remove(state);
-        if let Some(error) = params.get("error") {
+        if let Some(error) = &params.error {
             return Err(CallbackError::Denied {
                 route: flow.map(|flow| flow.route.name.clone()),
                 error: error.clone(),
-                description: params.get("error_description").cloned(),
+                description: params.error_description.clone(),
             });
         }
         let flow = flow.ok_or(CallbackError::UnknownState)?;
@@ -243,15 +361,25 @@ impl PendingFlows {
                 lifetime: self.lifetime,
             });
         }
-        check_issuer(&flow, params.get("iss"))?;
-        let code =
-            params
-                .get("code")
-                .map(Secret::new)
-                .ok_or_else(|| CallbackError::MissingCode {
-                    route: route.clone(),
-                })?;
-        self.finish(flow, &code).await
+        let same_browser = cookie.is_some_and(|cookie| {
+            bool::from(cookie.as_bytes().ct_eq(flow.browser.expose().as_bytes()))
+        });
+        if !same_browser {
+            return Err(CallbackError::OtherBrowser { route });
+        }
+        check_issuer(&flow, params.iss.as_ref())?;
+        let code = params
+            .code
+            .as_ref()
+            .ok_or_else(|| CallbackError::MissingCode {
+                route: route.clone(),
+            })?;
+        self.finish(flow, code).await
+    }
+
+    /// How long a person has to finish signing in, which is also the binding cookie's life.
+    pub(crate) fn lifetime(&self) -> Duration {
+        self.lifetime
     }
 
     async fn finish(&self, flow: PendingFlow, code: &Secret) -> Result<SignedIn, CallbackError> {
@@ -298,5 +426,40 @@ impl PendingFlows {
             route: route.name.clone(),
             scope,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callback_parameters_are_read_once_each_and_others_ignored() {
+        let params = CallbackParams::parse("code=c%2B1&state=s&iss=https%3A%2F%2Fas&x=1&x=2")
+            .expect("a well-formed callback");
+        assert_eq!(params.state(), Some("s"));
+        assert_eq!(params.code.as_ref().map(Secret::expose), Some("c+1"));
+        assert_eq!(params.iss.as_deref(), Some("https://as"));
+        assert!(
+            !format!("{params:?}").contains("c+1"),
+            "the code is redacted"
+        );
+
+        let repeated = CallbackParams::parse("state=a&code=1&code=2");
+        assert!(matches!(
+            repeated,
+            Err(CallbackError::Repeated { name: "code" })
+        ));
+        let token = CallbackParams::parse("state=a&access_token=t");
+        assert!(matches!(token, Err(CallbackError::TokenInUrl { .. })));
+        assert!(CallbackParams::parse("").expect("empty").state().is_none());
+    }
+
+    #[test]
+    fn binding_cookie_names_are_per_state_and_carry_no_state() {
+        let one = binding_cookie_name("state-one");
+        assert_ne!(one, binding_cookie_name("state-two"));
+        assert!(one.starts_with("mcp_gateway_sign_in_") && !one.contains("state"));
+        assert_eq!(one.len(), "mcp_gateway_sign_in_".len() + 16);
     }
 }

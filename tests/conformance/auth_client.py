@@ -28,6 +28,7 @@ Everything it starts is stopped when it ends, also on SIGTERM from the suite.
 from __future__ import annotations
 
 import argparse
+import http.cookiejar
 import json
 import os
 import re
@@ -145,7 +146,13 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect())
+# Cookies kept like a browser's: the gateway binds each sign-in to the browser that started
+# it with a cookie, which must come back with the callback.
+OPENER = urllib.request.build_opener(
+    urllib.request.ProxyHandler({}),
+    urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
+    NoRedirect(),
+)
 
 
 def get(url: str):
@@ -160,6 +167,9 @@ def get(url: str):
 def sign_in(gateway: str) -> None:
     """Start → the authorization server's approval → the gateway's callback."""
     status, headers, body = get(f"{gateway}/auth/{ROUTE}/start")
+    if status == 302 and urllib.parse.urlsplit(headers["Location"]).path.startswith("/auth/"):
+        # The gateway first moves the browser to its public URL, where the cookie belongs.
+        status, headers, body = get(headers["Location"])
     if status != 302:
         raise Failure(f"sign-in start answered {status}: {body[:300]}")
     status, headers, body = get(headers["Location"])

@@ -4,21 +4,49 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use reqwest::cookie::Jar;
 use serde_json::Value;
 use url::Url;
 
 use super::gateway::{TestGateway, start};
 use super::mock_upstream::MockUpstream;
 
-/// A client that shows redirects instead of following them, like a test of a browser.
+/// The cookies of the tests' one browser. A sign-in's cookie is named after its own
+/// `state`, so tests running side by side never read each other's.
+static COOKIES: LazyLock<Arc<Jar>> = LazyLock::new(|| Arc::new(Jar::default()));
+
+/// A client that shows redirects instead of following them and keeps cookies, like a test
+/// of a browser.
 pub fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .cookie_provider(Arc::clone(&COOKIES))
         .timeout(Duration::from_secs(20))
         .build()
         .expect("client")
+}
+
+/// Opens a route's start page at `base` the way a browser does: when the gateway first
+/// moves the browser to its public URL, follows that. Returns the redirect to the
+/// authorization server (or the page that says why there is none).
+pub async fn start_sign_in(base: &str, route: &str) -> reqwest::Response {
+    let start = browser()
+        .get(format!("{base}/auth/{route}/start"))
+        .send()
+        .await
+        .expect("start");
+    let moved = start.status() == 302 && location(&start).path().starts_with("/auth/");
+    if !moved {
+        return start;
+    }
+    browser()
+        .get(location(&start))
+        .send()
+        .await
+        .expect("start at the public URL")
 }
 
 pub fn oauth_gateway(upstream: &MockUpstream, auth_extra: &str) -> TestGateway {
@@ -54,11 +82,7 @@ pub fn query(url: &Url) -> HashMap<String, String> {
 
 /// Runs a sign-in the way a browser would; returns the callback page's status and text.
 pub async fn sign_in(gateway: &TestGateway) -> (u16, String) {
-    let start = browser()
-        .get(format!("{}/auth/up/start", gateway.url()))
-        .send()
-        .await
-        .expect("start");
+    let start = start_sign_in(&gateway.url(), "up").await;
     assert_eq!(
         start.status(),
         302,
