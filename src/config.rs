@@ -87,6 +87,15 @@ pub(crate) struct ServerConfig {
     pub(crate) control_requests_per_minute: u32,
     /// Event streams the gateway relays at once; past it, new ones get 503.
     pub(crate) max_streams: usize,
+    /// Event streams one client may hold at once; past it, new ones get 429.
+    pub(crate) max_streams_per_client: usize,
+    /// A request header must be complete this long after its first byte (the first one
+    /// on a connection: after connecting), or the client gets 408.
+    pub(crate) header_timeout: Duration,
+    /// A request header larger than this gets 431.
+    pub(crate) max_header_bytes: usize,
+    /// How long a kept-alive connection may wait for its next request.
+    pub(crate) idle_timeout: Duration,
     pub(crate) tls: Option<TlsConfig>,
     /// Running on Databricks Apps, which authenticates callers in front of the gateway
     /// and forwards their identity.
@@ -334,6 +343,9 @@ pub(crate) enum FieldErrorKind {
 
     #[error("must be at least 1024 bytes; an MCP initialize alone is several hundred")]
     BodyLimitTooSmall,
+
+    #[error("must be at least 1024 bytes; an MCP client's request header is several hundred")]
+    HeaderLimitTooSmall,
 
     #[error("`{value}` is not a port number")]
     InvalidPort { value: String },

@@ -21,6 +21,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{
     ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
 };
+use pingora::services::listening::Service;
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use url::Url;
 
@@ -30,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::oauth::OAuthRoute;
 use crate::oauth::flow::PendingFlows;
 use crate::proxy::GatewayProxy;
+use crate::proxy::downstream::{HeaderGuard, HeaderLimits};
 use crate::proxy::inbound::Inbound;
 use crate::proxy::upstream::{Timeouts, Upstream};
 use crate::route::{Route, RouteTable};
@@ -88,9 +90,8 @@ pub(crate) struct Shared {
     pub(crate) oauth: HashMap<String, Arc<OAuthRoute>>,
     pub(crate) flows: PendingFlows,
     pub(crate) admin: AdminAuth,
-    /// Event streams relayed right now, against `max_streams`.
-    pub(crate) streams: Inflight,
-    pub(crate) max_streams: usize,
+    /// Event streams relayed right now, against the gateway's and each client's bound.
+    pub(crate) streams: Arc<crate::proxy::streams::StreamBounds>,
     /// The rate limit on sign-in starts, callbacks, forms and the admin API.
     pub(crate) control_rate: crate::control::rate::RateLimiter,
     /// Which `Host` and `Origin` values requests may carry.
@@ -232,11 +233,17 @@ impl Gateway {
         conf.upstream_keepalive_pool_size = 256;
         let mut server = Server::new_with_opt_and_conf(None, conf);
         server.bootstrap();
-        let mut service = pingora::proxy::http_proxy_service_with_name(
+        let proxy = pingora::proxy::http_proxy(
             &server.configuration,
             GatewayProxy::new(Arc::clone(&self.shared)),
-            "mcp-u2m-gateway",
         );
+        let limits = HeaderLimits {
+            timeout: self.config.server.header_timeout,
+            max_bytes: self.config.server.max_header_bytes,
+            idle: self.config.server.idle_timeout,
+        };
+        let guarded = HeaderGuard::new(proxy, limits, Arc::clone(&self.shared.metrics));
+        let mut service = Service::new("mcp-u2m-gateway".to_owned(), guarded);
         let addr = self.addr.to_string();
         match &self.config.server.tls {
             Some(tls) => {
@@ -342,8 +349,11 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
         flows: PendingFlows::new(config.server.sign_in_timeout),
         admin: AdminAuth::new(&config.admin).map_err(StartError::AdminToken)?,
         admin_listener: config.admin.listen,
-        streams: Inflight::default(),
-        max_streams: config.server.max_streams,
+        streams: Arc::new(crate::proxy::streams::StreamBounds::new(
+            config.server.max_streams,
+            config.server.max_streams_per_client,
+            config.server.databricks,
+        )),
         control_rate: crate::control::rate::RateLimiter::new(
             config.server.control_requests_per_minute,
         ),

@@ -7,6 +7,7 @@
 //! alive. Everything else (Streamable HTTP `POST`/`DELETE`, JSON and SSE responses alike)
 //! goes through pingora's own proxy loop, which streams bodies chunk by chunk both ways.
 
+pub(crate) mod downstream;
 pub(crate) mod headers;
 pub(crate) mod inbound;
 pub(crate) mod jsonrpc;
@@ -15,6 +16,7 @@ pub(crate) mod replay;
 pub(crate) mod reply;
 pub(crate) mod sse;
 pub(crate) mod stream;
+pub(crate) mod streams;
 pub(crate) mod upstream;
 
 use std::sync::Arc;
@@ -333,6 +335,7 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        downstream::request_done(session.as_downstream().stream());
         let status = ctx
             .answered
             .or_else(|| session.response_written().map(|r| r.status.as_u16()))

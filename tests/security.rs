@@ -445,3 +445,189 @@ async fn streams_past_the_gateways_bound_get_503_and_other_traffic_carries_on() 
     }
     assert!(upstream.state().open_streams() <= 2);
 }
+
+/// Reads what the gateway sends on `socket` until it closes the connection, for at most
+/// `within`; `None` when it was still open by then.
+async fn read_until_closed(
+    socket: &mut tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(within, socket.read_to_end(&mut received)).await;
+    read.ok()
+        .map(|_| String::from_utf8_lossy(&received).into_owned())
+}
+
+/// Fetches `/healthz` `count` times while something else goes on; how many succeeded.
+async fn healthy_requests(gateway: &TestGateway, count: usize) -> usize {
+    let mut ok = 0;
+    for _ in 0..count {
+        let response = client()
+            .get(format!("{}/healthz", gateway.url()))
+            .timeout(std::time::Duration::from_secs(2))
+            .send()
+            .await;
+        ok += usize::from(response.is_ok_and(|r| r.status() == 200));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trickled_header_gets_408_and_others_are_served_meanwhile() {
+    use tokio::io::AsyncWriteExt;
+    let (_upstream, gateway) = gateway_with("header_timeout_secs = 1").await;
+    let addr = gateway.running.local_addr();
+
+    // Fifty slowloris connections, each sending a header line every 200 ms, forever.
+    let mut attackers = Vec::new();
+    for _ in 0..50 {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n");
+        socket.write_all(request.as_bytes()).await.expect("write");
+        attackers.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                if socket.write_all(b"X-Slow: yes\r\n").await.is_err() {
+                    break;
+                }
+                if started.elapsed() > std::time::Duration::from_secs(10) {
+                    return (socket, started.elapsed(), false);
+                }
+            }
+            (socket, started.elapsed(), true)
+        }));
+    }
+    let healthy = healthy_requests(&gateway, 40).await;
+    assert_eq!(healthy, 40, "a healthy client is served throughout");
+
+    for attacker in attackers {
+        let (mut socket, elapsed, cut) = attacker.await.expect("attacker");
+        assert!(cut, "the gateway cut the trickling connection");
+        assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
+        let answer = read_until_closed(&mut socket, std::time::Duration::from_secs(2))
+            .await
+            .unwrap_or_default();
+        if !answer.is_empty() {
+            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+            assert!(answer.contains("header_timeout_secs"), "{answer}");
+        }
+    }
+    let metrics = scrape(&gateway).await;
+    let counted = metrics
+        .lines()
+        .find(|line| line.contains("limit=\"header_timeout\""))
+        .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(counted, Some(50.0), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_header_past_the_limit_gets_431_and_one_below_passes() {
+    use tokio::io::AsyncWriteExt;
+    let (_upstream, gateway) = gateway_with("max_header_bytes = 4096").await;
+    let addr = gateway.running.local_addr();
+
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let big = "a".repeat(8 * 1024);
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nX-Big: {big}\r\n\r\n");
+    // The gateway may answer and close before it has read it all.
+    let _ = socket.write_all(request.as_bytes()).await;
+    let answer = read_until_closed(&mut socket, std::time::Duration::from_secs(5))
+        .await
+        .expect("the gateway closes the connection");
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        &answer[..answer.len().min(300)]
+    );
+    assert!(answer.contains("max_header_bytes"), "{answer}");
+
+    let fits = client()
+        .get(format!("{}/healthz", gateway.url()))
+        .header("x-big", "a".repeat(3 * 1024))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(fits.status(), 200);
+    assert!(scrape(&gateway).await.contains("limit=\"header_size\""));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_upstream, gateway) = gateway_with("idle_timeout_secs = 1\nheader_timeout_secs = 1").await;
+    let addr = gateway.running.local_addr();
+
+    // Connected and silent: closed without an answer once the header is overdue.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let said = read_until_closed(&mut silent, std::time::Duration::from_secs(4)).await;
+    assert_eq!(said.as_deref(), Some(""), "closed, and nothing was sent");
+
+    // Kept alive: each request within the idle timeout is served on the same connection,
+    // past the header timeout counted from connecting; then the idle connection closes.
+    let mut kept = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    for _ in 0..4 {
+        kept.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = vec![0; 1024];
+        let read = kept.read(&mut answer).await.expect("read");
+        let answer = String::from_utf8_lossy(&answer[..read]).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let started = std::time::Instant::now();
+    let after = read_until_closed(&mut kept, std::time::Duration::from_secs(4)).await;
+    assert_eq!(after.as_deref(), Some(""), "the idle connection was closed");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_client_cannot_take_every_stream_and_others_still_get_theirs() {
+    let (alice, bob) = ("alice-key-0123456789", "bob-key-0123456789");
+    let (upstream, gateway) = gateway_with(&format!(
+        "api_keys = [\"{}\", \"{}\"]\nmax_streams_per_client = 2",
+        key_hash(alice),
+        key_hash(bob)
+    ))
+    .await;
+    let open = |key: &'static str| {
+        client()
+            .get(format!("{}/up/silent", gateway.url()))
+            .header("accept", "text/event-stream")
+            .bearer_auth(key)
+            .send()
+    };
+    let first = open(alice).await.expect("stream");
+    let second = open(alice).await.expect("stream");
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let third = open(alice).await.expect("stream");
+    assert_eq!(third.status(), 429);
+    let body: Value = third.json().await.expect("json");
+    assert_eq!(body["error"], "too_many_streams");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("max_streams_per_client"),
+        "{body}"
+    );
+
+    // Another key is another client, from the same address.
+    let bobs = open(bob).await.expect("stream");
+    assert_eq!(bobs.status(), 200);
+    assert!(scrape(&gateway).await.contains("limit=\"client_streams\""));
+
+    // A stream that ends gives its client the place back.
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while open(alice).await.expect("stream").status() != 200 {
+        assert!(std::time::Instant::now() < deadline, "never freed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(upstream.state().open_streams() <= 4);
+}

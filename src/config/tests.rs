@@ -727,6 +727,26 @@ fn zero_timeouts_are_refused() {
 }
 
 #[test]
+fn downstream_limits_have_defaults_and_refuse_nonsense() {
+    let server = load_ok(&with_route("")).server;
+    assert_eq!(server.header_timeout, Duration::from_secs(10));
+    assert_eq!(server.idle_timeout, Duration::from_secs(60));
+    assert_eq!(server.max_header_bytes, 64 * 1024);
+
+    let text = with_route(
+        "[server]\nheader_timeout_secs = 0\nidle_timeout_secs = 0\nmax_header_bytes = 100\n",
+    );
+    let error = message(&text);
+    for expected in [
+        "server.header_timeout_secs: must be at least 1 second",
+        "server.idle_timeout_secs: must be at least 1 second",
+        "server.max_header_bytes: must be at least 1024 bytes",
+    ] {
+        assert!(error.contains(expected), "{expected} in {error}");
+    }
+}
+
+#[test]
 fn malformed_listen_is_refused() {
     let text = with_route("[server]\nlisten = \"localhost:8000\"\n");
     let error = field_error(&text);

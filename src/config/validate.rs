@@ -29,6 +29,14 @@ const DEFAULT_SIGN_IN_TIMEOUT_SECS: u64 = 600;
 const DEFAULT_CONTROL_REQUESTS_PER_MINUTE: u32 = 120;
 /// Each stream holds two sockets and a little memory; this many fit any laptop or VM.
 const DEFAULT_MAX_STREAMS: usize = 4096;
+/// A person runs a few MCP clients, each holding one or two streams.
+const DEFAULT_MAX_STREAMS_PER_CLIENT: usize = 64;
+/// nginx's `client_header_timeout` is 60 s; an MCP client sends its header at once.
+const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
+/// nginx's is 32 KiB (four 8 KiB buffers); MCP's `Mcp-Param-*` headers may need more.
+const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+const MIN_HEADER_BYTES: usize = 1024;
 
 /// Collects the broken rules of one file and resolves the paths written in it.
 pub(super) struct Checker<'a> {
@@ -144,6 +152,10 @@ pub(super) fn default_server(listen: SocketAddr, databricks: bool) -> ServerConf
         sign_in_timeout: Duration::from_secs(DEFAULT_SIGN_IN_TIMEOUT_SECS),
         control_requests_per_minute: DEFAULT_CONTROL_REQUESTS_PER_MINUTE,
         max_streams: DEFAULT_MAX_STREAMS,
+        max_streams_per_client: DEFAULT_MAX_STREAMS_PER_CLIENT,
+        header_timeout: Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS),
+        max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+        idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
         tls: None,
         databricks,
     }
@@ -178,6 +190,19 @@ fn server(raw: RawServer, route_keys: bool, checker: &mut Checker<'_>) -> Option
         DEFAULT_SIGN_IN_TIMEOUT_SECS,
         checker,
     );
+    let header_timeout = timeout(
+        "server.header_timeout_secs",
+        raw.header_timeout_secs.as_ref(),
+        DEFAULT_HEADER_TIMEOUT_SECS,
+        checker,
+    );
+    let idle_timeout = timeout(
+        "server.idle_timeout_secs",
+        raw.idle_timeout_secs.as_ref(),
+        DEFAULT_IDLE_TIMEOUT_SECS,
+        checker,
+    );
+    let max_header_bytes = max_header_bytes(raw.max_header_bytes.as_ref(), checker);
 
     // Only meaningful once the address and the keys are known to be well-formed.
     if let (Some(listen), Some(keys)) = (listen, &api_keys) {
@@ -206,6 +231,12 @@ fn server(raw: RawServer, route_keys: bool, checker: &mut Checker<'_>) -> Option
             .control_requests_per_minute
             .unwrap_or(DEFAULT_CONTROL_REQUESTS_PER_MINUTE),
         max_streams: raw.max_streams.unwrap_or(DEFAULT_MAX_STREAMS),
+        max_streams_per_client: raw
+            .max_streams_per_client
+            .unwrap_or(DEFAULT_MAX_STREAMS_PER_CLIENT),
+        header_timeout: header_timeout?,
+        max_header_bytes: max_header_bytes?,
+        idle_timeout: idle_timeout?,
         tls: tls?,
         databricks,
     })
@@ -404,6 +435,18 @@ pub(super) fn key_hashes(
         }
     }
     all_valid.then_some(keys)
+}
+
+fn max_header_bytes(raw: Option<&Spanned<usize>>, checker: &mut Checker<'_>) -> Option<usize> {
+    match raw {
+        None => Some(DEFAULT_MAX_HEADER_BYTES),
+        Some(bytes) if *bytes.get_ref() < MIN_HEADER_BYTES => {
+            let kind = FieldErrorKind::HeaderLimitTooSmall;
+            checker.fail("server.max_header_bytes".into(), Some(bytes.span()), kind);
+            None
+        }
+        Some(bytes) => Some(*bytes.get_ref()),
+    }
 }
 
 fn timeout(

@@ -29,6 +29,11 @@ impl Inbound {
         Self { keys, required }
     }
 
+    /// Whether every request must carry a key.
+    pub(crate) fn required(&self) -> bool {
+        self.required
+    }
+
     /// Whether `request` may use the route whose own keys are `route_keys`.
     pub(crate) fn allows(&self, request: &RequestHeader, route_keys: &[ApiKeyHash]) -> bool {
         if !self.required {

@@ -25,6 +25,7 @@ use url::Url;
 use super::headers;
 use super::reply;
 use super::sse::{EndpointRewriter, SseScanner};
+use super::streams::Exceeded;
 use crate::gateway::Shared;
 use crate::route::Route;
 use crate::token::{AccessToken, TokenError};
@@ -42,17 +43,11 @@ pub(crate) async fn relay(
     cors: Option<&str>,
 ) -> pingora::Result<u16> {
     // Counted from before the upstream is asked, so a burst cannot overshoot the bound.
-    let _slot = shared.streams.enter();
-    if shared.streams.count() > shared.max_streams {
-        shared.metrics.limited(&route.name, "streams");
-        let message = format!(
-            "the gateway relays {} event streams at most (server.max_streams) and all are open; \
-             try again shortly",
-            shared.max_streams
-        );
-        let body = reply::error_body("too_many_streams", message);
-        return reply::json(session, 503, &body).await;
-    }
+    let client = shared.streams.client(session, &shared.inbound);
+    let _slot = match shared.streams.enter(client) {
+        Ok(slot) => slot,
+        Err(exceeded) => return too_many_streams(session, shared, route, exceeded).await,
+    };
     let mut upstream = match open(session, shared, route, url, token, None).await {
         Ok(upstream) => upstream,
         Err(error) => return Ok(upstream_error_reply(session, shared, &route.name, &error).await),
@@ -121,6 +116,36 @@ pub(crate) async fn resend(
     relay_response(session, shared, route, url, upstream, None, cors)
         .await
         .map(Some)
+}
+
+/// Answers a stream past a bound: 503 when the gateway is full, 429 when the client is.
+async fn too_many_streams(
+    session: &mut Session,
+    shared: &Shared,
+    route: &Route,
+    exceeded: Exceeded,
+) -> pingora::Result<u16> {
+    let (status, limit, message) = match exceeded {
+        Exceeded::Gateway { max } => (
+            503,
+            "streams",
+            format!(
+                "the gateway relays {max} event streams at most (server.max_streams) and all \
+                 are open; try again shortly"
+            ),
+        ),
+        Exceeded::Client { max } => (
+            429,
+            "client_streams",
+            format!(
+                "this client already has {max} event streams open, the most one client may \
+                 (server.max_streams_per_client); close one first"
+            ),
+        ),
+    };
+    shared.metrics.limited(&route.name, limit);
+    let body = reply::error_body("too_many_streams", message);
+    reply::json(session, status, &body).await
 }
 
 /// Writes the upstream's response header to the client, then its body event by event (or

@@ -1,0 +1,160 @@
+//! Bounds on the event streams the gateway relays at once: for the whole gateway
+//! (`server.max_streams`, past it 503) and for each client (`server.max_streams_per_client`,
+//! past it 429), so that one client opening streams in a loop cannot take every place.
+//!
+//! A client is the API key it presented, when the gateway requires keys (so a client with
+//! a key is the same client from any address); the platform's forwarded identity on
+//! Databricks Apps, where every request comes from the platform's proxy; otherwise its
+//! address. Only a digest of a key or identity is kept.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use pingora::proxy::Session;
+use sha2::{Digest, Sha256};
+
+use super::inbound::{self, Inbound};
+
+/// Who holds a stream, for the per-client bound.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Client {
+    /// The first bytes of the SHA-256 of the client's API key or forwarded identity.
+    Digest([u8; 8]),
+    Address(IpAddr),
+    /// No address (a Unix socket): all such clients share one bound.
+    Unknown,
+}
+
+/// Which bound a new stream would break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exceeded {
+    Gateway { max: usize },
+    Client { max: usize },
+}
+
+/// The streams open right now, in all and per client.
+#[derive(Debug)]
+pub(crate) struct StreamBounds {
+    open: Mutex<Open>,
+    max_total: usize,
+    max_per_client: usize,
+    /// Databricks Apps authenticates callers and names them in a header the gateway trusts.
+    forwarded_identity: bool,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    per_client: HashMap<Client, usize>,
+}
+
+impl StreamBounds {
+    pub(crate) fn new(max_total: usize, max_per_client: usize, forwarded_identity: bool) -> Self {
+        Self {
+            open: Mutex::new(Open::default()),
+            max_total,
+            max_per_client,
+            forwarded_identity,
+        }
+    }
+
+    /// The client a request comes from.
+    pub(crate) fn client(&self, session: &Session, keys: &Inbound) -> Client {
+        let request = session.req_header();
+        let forwarded = || {
+            ["x-forwarded-email", "x-forwarded-user"]
+                .iter()
+                .find_map(|name| request.headers.get(*name)?.to_str().ok())
+        };
+        let credential = if keys.required() {
+            inbound::bearer(request)
+        } else if self.forwarded_identity {
+            forwarded()
+        } else {
+            None
+        };
+        if let Some(credential) = credential {
+            let digest = Sha256::digest(credential.as_bytes());
+            let mut prefix = [0; 8];
+            prefix.copy_from_slice(&digest[..8]);
+            return Client::Digest(prefix);
+        }
+        match session.client_addr().and_then(|addr| addr.as_inet()) {
+            Some(addr) => Client::Address(addr.ip()),
+            None => Client::Unknown,
+        }
+    }
+
+    /// Takes a place for one stream of `client`, held until the slot is dropped.
+    pub(crate) fn enter(self: &Arc<Self>, client: Client) -> Result<StreamSlot, Exceeded> {
+        let mut open = self.open.lock();
+        if open.total >= self.max_total {
+            return Err(Exceeded::Gateway {
+                max: self.max_total,
+            });
+        }
+        let held = open.per_client.entry(client.clone()).or_default();
+        if *held >= self.max_per_client {
+            return Err(Exceeded::Client {
+                max: self.max_per_client,
+            });
+        }
+        *held += 1;
+        open.total += 1;
+        Ok(StreamSlot {
+            bounds: Arc::clone(self),
+            client,
+        })
+    }
+}
+
+/// One open stream's place; dropping it frees the place.
+#[derive(Debug)]
+pub(crate) struct StreamSlot {
+    bounds: Arc<StreamBounds>,
+    client: Client,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.bounds.open.lock();
+        open.total -= 1;
+        if let Some(held) = open.per_client.get_mut(&self.client) {
+            *held -= 1;
+            if *held == 0 {
+                open.per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn address(last: u8) -> Client {
+        Client::Address(IpAddr::from([10, 0, 0, last]))
+    }
+
+    #[test]
+    fn each_client_has_its_own_bound_within_the_gateways() {
+        let bounds = Arc::new(StreamBounds::new(3, 2, false));
+        let a1 = bounds.enter(address(1)).expect("first of a");
+        let _a2 = bounds.enter(address(1)).expect("second of a");
+        assert_eq!(
+            bounds.enter(address(1)).err(),
+            Some(Exceeded::Client { max: 2 })
+        );
+        let _b1 = bounds.enter(address(2)).expect("b has its own places");
+        assert_eq!(
+            bounds.enter(address(3)).err(),
+            Some(Exceeded::Gateway { max: 3 })
+        );
+        drop(a1);
+        assert_eq!(bounds.open.lock().total, 2);
+        let _a3 = bounds.enter(address(1)).expect("a's freed place");
+        assert_eq!(bounds.open.lock().per_client.len(), 2);
+    }
+}
