@@ -100,6 +100,9 @@ pub(crate) struct ServerConfig {
     /// Running on Databricks Apps, which authenticates callers in front of the gateway
     /// and forwards their identity.
     pub(crate) databricks: bool,
+    /// The request headers, in order of preference, that name the caller, set by an
+    /// authenticating proxy in front that the operator trusts; empty when none is.
+    pub(crate) identity_headers: Vec<http::HeaderName>,
 }
 
 /// `[server.tls]`: serve HTTPS with this certificate chain and key (PEM files).

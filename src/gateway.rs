@@ -331,7 +331,10 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
     let routes = config
         .routes
         .iter()
-        .map(|route| build_route(route, timeouts, oauth.get(&route.name)).map(Arc::new))
+        .map(|route| {
+            let identity = &config.server.identity_headers;
+            build_route(route, timeouts, identity, oauth.get(&route.name)).map(Arc::new)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Shared {
         routes: RouteTable::new(routes),
@@ -352,7 +355,7 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
         streams: Arc::new(crate::proxy::streams::StreamBounds::new(
             config.server.max_streams,
             config.server.max_streams_per_client,
-            config.server.databricks,
+            config.server.identity_headers.clone(),
         )),
         control_rate: crate::control::rate::RateLimiter::new(
             config.server.control_requests_per_minute,
@@ -459,6 +462,7 @@ fn load_stored_tokens<'a>(
 fn build_route(
     config: &RouteConfig,
     timeouts: Timeouts,
+    identity_headers: &[http::HeaderName],
     oauth: Option<&Arc<OAuthRoute>>,
 ) -> Result<Route, StartError> {
     let token_error = |source| StartError::Token {
@@ -506,6 +510,7 @@ fn build_route(
         upstream: Upstream::new(config.upstream.clone(), timeouts, ca),
         tokens,
         extra_headers,
+        identity_headers: identity_headers.to_vec(),
         max_body_bytes: config.max_body_bytes,
         api_keys: config.api_keys.clone(),
         unreachable: std::sync::atomic::AtomicBool::new(false),

@@ -23,6 +23,8 @@ pub(crate) struct Route {
     pub(crate) upstream: Upstream,
     pub(crate) tokens: Arc<dyn TokenSource>,
     pub(crate) extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The headers a trusted proxy in front names callers in, which stay at the gateway.
+    pub(crate) identity_headers: Vec<http::HeaderName>,
     /// Request bodies larger than this get 413.
     pub(crate) max_body_bytes: u64,
     /// Client keys good for this route only, besides the gateway's.

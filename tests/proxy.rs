@@ -156,11 +156,15 @@ async fn client_credentials_never_reach_the_upstream_and_the_route_token_does() 
         "/up",
         upstream.base_url(),
         TOKEN,
-        "allowed_origins = [\"https://app.example\"]",
+        "allowed_origins = [\"https://app.example\"]\ntrusted_identity_header = \"X-Who\"",
     );
     let echo: Value = client()
         .post(format!("{}/up/anything", gateway.url()))
         .header("authorization", "Bearer client-secret")
+        .header("x-who", "alice@example.com")
+        .header("x-forwarded-email", "alice@example.com")
+        .header("x-forwarded-access-token", "platform-user-token")
+        .header("x-auth-request-user", "alice")
         .header("cookie", "session=client-cookie")
         .header("origin", "https://app.example")
         .header("connection", "x-hop-header")
@@ -180,7 +184,16 @@ async fn client_credentials_never_reach_the_upstream_and_the_route_token_does() 
         .expect("json");
     let headers = &echo["headers"];
     assert_eq!(headers["authorization"], format!("Bearer {TOKEN}"));
-    for gone in ["cookie", "origin", "x-hop-header", "proxy-authorization"] {
+    for gone in [
+        "cookie",
+        "origin",
+        "x-hop-header",
+        "proxy-authorization",
+        "x-who",
+        "x-forwarded-email",
+        "x-forwarded-access-token",
+        "x-auth-request-user",
+    ] {
         assert!(
             headers.get(gone).is_none(),
             "{gone} reached the upstream: {headers}"

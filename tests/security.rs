@@ -631,3 +631,36 @@ async fn one_client_cannot_take_every_stream_and_others_still_get_theirs() {
     }
     assert!(upstream.state().open_streams() <= 4);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forwarded_identity_counts_only_when_the_operator_trusts_its_header() {
+    let open = |gateway: &TestGateway, who: &str| {
+        client()
+            .get(format!("{}/up/silent", gateway.url()))
+            .header("accept", "text/event-stream")
+            .header("x-auth-email", who.to_owned())
+            .send()
+    };
+
+    // Trusted: each named caller is a client of its own.
+    let (_upstream, trusting) =
+        gateway_with("trusted_identity_header = \"X-Auth-Email\"\nmax_streams_per_client = 1")
+            .await;
+    let alice = open(&trusting, "alice@example.com").await.expect("stream");
+    assert_eq!(alice.status(), 200);
+    let again = open(&trusting, "alice@example.com").await.expect("stream");
+    assert_eq!(again.status(), 429);
+    let bob = open(&trusting, "bob@example.com").await.expect("stream");
+    assert_eq!(bob.status(), 200);
+
+    // Not trusted: the header is anyone's to write, so it names no one; the address counts.
+    let (_upstream, plain) = gateway_with("max_streams_per_client = 1").await;
+    let alice = open(&plain, "alice@example.com").await.expect("stream");
+    assert_eq!(alice.status(), 200);
+    let forged = open(&plain, "mallory@example.com").await.expect("stream");
+    assert_eq!(
+        forged.status(),
+        429,
+        "a made-up identity is not a new client"
+    );
+}

@@ -47,6 +47,7 @@ pub(super) struct RawServer {
     pub(super) control_requests_per_minute: Option<u32>,
     pub(super) max_streams: Option<usize>,
     pub(super) max_streams_per_client: Option<usize>,
+    pub(super) trusted_identity_header: Option<Spanned<String>>,
     pub(super) header_timeout_secs: Option<Spanned<u64>>,
     pub(super) max_header_bytes: Option<Spanned<usize>>,
     pub(super) idle_timeout_secs: Option<Spanned<u64>>,

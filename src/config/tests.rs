@@ -747,6 +747,24 @@ fn downstream_limits_have_defaults_and_refuse_nonsense() {
 }
 
 #[test]
+fn identity_headers_are_trusted_only_when_configured_or_on_databricks() {
+    assert!(load_ok(&with_route("")).server.identity_headers.is_empty());
+    let text = with_route("[server]\ntrusted_identity_header = \"X-Auth-Request-Email\"\n");
+    let names = load_ok(&text).server.identity_headers;
+    assert_eq!(
+        names,
+        [http::HeaderName::from_static("x-auth-request-email")]
+    );
+
+    let text = with_route("[server]\ntrusted_identity_header = \"not a header\"\n");
+    let error = field_error(&text);
+    assert_starts(
+        &error,
+        &at(&text, "\"not a header", "server.trusted_identity_header"),
+    );
+}
+
+#[test]
 fn malformed_listen_is_refused() {
     let text = with_route("[server]\nlisten = \"localhost:8000\"\n");
     let error = field_error(&text);
@@ -821,6 +839,13 @@ fn databricks_port_overrides_listen_in_file_mode() {
     assert_eq!(config.server.listen.to_string(), "0.0.0.0:8080");
     assert!(config.server.databricks);
     assert_eq!(config.server.public_url.as_str(), "http://localhost:8080/");
+    let trusted: Vec<&str> = config
+        .server
+        .identity_headers
+        .iter()
+        .map(http::HeaderName::as_str)
+        .collect();
+    assert_eq!(trusted, ["x-forwarded-email", "x-forwarded-user"]);
 }
 
 #[test]

@@ -37,6 +37,8 @@ const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
 const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 const MIN_HEADER_BYTES: usize = 1024;
+/// What Databricks Apps sets after authenticating a caller: the email, else the user name.
+const DATABRICKS_IDENTITY_HEADERS: &[&str] = &["x-forwarded-email", "x-forwarded-user"];
 
 /// Collects the broken rules of one file and resolves the paths written in it.
 pub(super) struct Checker<'a> {
@@ -158,6 +160,43 @@ pub(super) fn default_server(listen: SocketAddr, databricks: bool) -> ServerConf
         idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
         tls: None,
         databricks,
+        identity_headers: default_identity_headers(databricks),
+    }
+}
+
+/// Only Databricks Apps is known to put an authenticating proxy in front by default.
+fn default_identity_headers(databricks: bool) -> Vec<http::HeaderName> {
+    if !databricks {
+        return Vec::new();
+    }
+    DATABRICKS_IDENTITY_HEADERS
+        .iter()
+        .map(|name| http::HeaderName::from_static(name))
+        .collect()
+}
+
+/// `server.trusted_identity_header`, or the platform's default.
+fn identity_headers(
+    raw: Option<&Spanned<String>>,
+    databricks: bool,
+    checker: &mut Checker<'_>,
+) -> Option<Vec<http::HeaderName>> {
+    let Some(name) = raw else {
+        return Some(default_identity_headers(databricks));
+    };
+    match http::HeaderName::from_bytes(name.get_ref().as_bytes()) {
+        Ok(header) => Some(vec![header]),
+        Err(_) => {
+            let kind = FieldErrorKind::InvalidHeaderName {
+                name: name.get_ref().clone(),
+            };
+            checker.fail(
+                "server.trusted_identity_header".into(),
+                Some(name.span()),
+                kind,
+            );
+            None
+        }
     }
 }
 
@@ -203,6 +242,8 @@ fn server(raw: RawServer, route_keys: bool, checker: &mut Checker<'_>) -> Option
         checker,
     );
     let max_header_bytes = max_header_bytes(raw.max_header_bytes.as_ref(), checker);
+    let identity_headers =
+        identity_headers(raw.trusted_identity_header.as_ref(), databricks, checker);
 
     // Only meaningful once the address and the keys are known to be well-formed.
     if let (Some(listen), Some(keys)) = (listen, &api_keys) {
@@ -239,6 +280,7 @@ fn server(raw: RawServer, route_keys: bool, checker: &mut Checker<'_>) -> Option
         idle_timeout: idle_timeout?,
         tls: tls?,
         databricks,
+        identity_headers: identity_headers?,
     })
 }
 

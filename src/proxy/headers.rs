@@ -1,7 +1,9 @@
 //! Header rules at the gateway's two edges.
 //!
 //! Toward the upstream: the client's credentials, cookies, `Origin` and hop-by-hop headers
-//! never pass; the route's token and static headers are added; streams ask for no
+//! never pass, nor the identity and token headers an authenticating proxy in front adds
+//! (an upstream is a third party, and the platform's user token is a credential); the
+//! route's token and static headers are added; streams ask for no
 //! compression. Toward the client: hop-by-hop headers and the upstream's own OAuth challenge
 //! are dropped, and event streams are marked so that no intermediary buffers them. Every MCP
 //! header (`Mcp-Session-Id`, `MCP-Protocol-Version`, `Last-Event-ID`, `Mcp-Method`, …)
@@ -27,6 +29,22 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// Client headers that must never reach an upstream.
 const CLIENT_ONLY: &[HeaderName] = &[header::AUTHORIZATION, header::COOKIE, header::ORIGIN];
+
+/// What an authenticating proxy in front adds about the caller: Databricks Apps' headers,
+/// the platform user's own token among them, and those of the common OAuth proxies. A
+/// route's `headers` may still set one of these names on purpose.
+const FORWARDED_IDENTITY: &[&str] = &[
+    "x-forwarded-email",
+    "x-forwarded-user",
+    "x-forwarded-preferred-username",
+    "x-forwarded-groups",
+    "x-forwarded-access-token",
+    "x-auth-request-email",
+    "x-auth-request-user",
+    "x-auth-request-preferred-username",
+    "x-auth-request-groups",
+    "x-auth-request-access-token",
+];
 
 /// Whether the client asked for an event stream.
 pub(crate) fn accepts_event_stream(request: &RequestHeader) -> bool {
@@ -57,6 +75,12 @@ pub(crate) fn prepare_upstream(
         request.remove_header(&name);
     }
     for name in CLIENT_ONLY {
+        request.remove_header(name);
+    }
+    for name in FORWARDED_IDENTITY {
+        request.remove_header(*name);
+    }
+    for name in &route.identity_headers {
         request.remove_header(name);
     }
     let _ = request.insert_header(header::HOST, route.upstream.host_header());

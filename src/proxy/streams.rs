@@ -3,9 +3,10 @@
 //! past it 429), so that one client opening streams in a loop cannot take every place.
 //!
 //! A client is the API key it presented, when the gateway requires keys (so a client with
-//! a key is the same client from any address); the platform's forwarded identity on
-//! Databricks Apps, where every request comes from the platform's proxy; otherwise its
-//! address. Only a digest of a key or identity is kept.
+//! a key is the same client from any address); the identity a trusted proxy in front
+//! forwards (`server.trusted_identity_header`; on Databricks Apps, where every request
+//! comes from the platform's proxy, its `X-Forwarded-Email`); otherwise its address. Only a
+//! digest of a key or identity is kept.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -40,8 +41,8 @@ pub(crate) struct StreamBounds {
     open: Mutex<Open>,
     max_total: usize,
     max_per_client: usize,
-    /// Databricks Apps authenticates callers and names them in a header the gateway trusts.
-    forwarded_identity: bool,
+    /// The headers a trusted proxy names callers in, in order of preference.
+    identity_headers: Vec<http::HeaderName>,
 }
 
 #[derive(Debug, Default)]
@@ -51,29 +52,28 @@ struct Open {
 }
 
 impl StreamBounds {
-    pub(crate) fn new(max_total: usize, max_per_client: usize, forwarded_identity: bool) -> Self {
+    pub(crate) fn new(
+        max_total: usize,
+        max_per_client: usize,
+        identity_headers: Vec<http::HeaderName>,
+    ) -> Self {
         Self {
             open: Mutex::new(Open::default()),
             max_total,
             max_per_client,
-            forwarded_identity,
+            identity_headers,
         }
     }
 
     /// The client a request comes from.
     pub(crate) fn client(&self, session: &Session, keys: &Inbound) -> Client {
         let request = session.req_header();
-        let forwarded = || {
-            ["x-forwarded-email", "x-forwarded-user"]
-                .iter()
-                .find_map(|name| request.headers.get(*name)?.to_str().ok())
-        };
         let credential = if keys.required() {
             inbound::bearer(request)
-        } else if self.forwarded_identity {
-            forwarded()
         } else {
-            None
+            self.identity_headers
+                .iter()
+                .find_map(|name| request.headers.get(name)?.to_str().ok())
         };
         if let Some(credential) = credential {
             let digest = Sha256::digest(credential.as_bytes());
@@ -140,7 +140,7 @@ mod tests {
 
     #[test]
     fn each_client_has_its_own_bound_within_the_gateways() {
-        let bounds = Arc::new(StreamBounds::new(3, 2, false));
+        let bounds = Arc::new(StreamBounds::new(3, 2, Vec::new()));
         let a1 = bounds.enter(address(1)).expect("first of a");
         let _a2 = bounds.enter(address(1)).expect("second of a");
         assert_eq!(
