@@ -155,6 +155,15 @@ pub(crate) struct RouteConfig {
     pub(crate) auth: RouteAuth,
     /// Static request headers for the upstream, names as written in the file.
     pub(crate) headers: Vec<(String, String)>,
+    /// `[[routes.plugins]]`, in order, their settings checked.
+    pub(crate) plugins: Vec<PluginConfig>,
+}
+
+/// One `[[routes.plugins]]` table: which plugin, and its checked settings.
+#[derive(Debug, Clone)]
+pub(crate) struct PluginConfig {
+    pub(crate) kind: &'static str,
+    pub(crate) spec: std::sync::Arc<dyn crate::plugin::Spec>,
 }
 
 /// How the gateway authenticates to a route's upstream.
@@ -349,6 +358,15 @@ pub(crate) enum FieldErrorKind {
 
     #[error("must be at least 1024 bytes; an MCP client's request header is several hundred")]
     HeaderLimitTooSmall,
+
+    #[error("a plugin needs a `kind`: one of {known}")]
+    PluginKindMissing { known: String },
+
+    #[error("`{kind}` is not a plugin: use one of {known}")]
+    UnknownPlugin { kind: String, known: String },
+
+    #[error("plugin {kind}: {message}")]
+    PluginSettings { kind: &'static str, message: String },
 
     #[error("`{value}` is not a port number")]
     InvalidPort { value: String },

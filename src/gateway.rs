@@ -65,6 +65,13 @@ pub enum StartError {
     },
     #[error("route '{route}': header {name} has an invalid value")]
     Header { route: String, name: String },
+    #[error("route '{route}': the {kind} plugin cannot start")]
+    Plugin {
+        route: String,
+        kind: &'static str,
+        #[source]
+        source: crate::plugin::PluginError,
+    },
     #[error("cannot open the token store")]
     Store(#[source] crate::store::StoreError),
     #[error("cannot build the HTTP client for OAuth requests")]
@@ -341,6 +348,7 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
         inbound: Inbound::new(
             config.server.api_keys.clone(),
             config.routes.iter().any(|route| !route.api_keys.is_empty()),
+            config.server.identity_headers.clone(),
         ),
         keepalive: config.server.sse_keepalive,
         connector: ConnectorDebug(Connector::new(None)),
@@ -355,7 +363,6 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
         streams: Arc::new(crate::proxy::streams::StreamBounds::new(
             config.server.max_streams,
             config.server.max_streams_per_client,
-            config.server.identity_headers.clone(),
         )),
         control_rate: crate::control::rate::RateLimiter::new(
             config.server.control_requests_per_minute,
@@ -491,6 +498,20 @@ fn build_route(
             })?),
             None => None,
         };
+    let plugins = config
+        .plugins
+        .iter()
+        .map(|plugin| {
+            plugin
+                .spec
+                .build(&config.name)
+                .map_err(|source| StartError::Plugin {
+                    route: config.name.clone(),
+                    kind: plugin.kind,
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let extra_headers = config
         .headers
         .iter()
@@ -511,6 +532,8 @@ fn build_route(
         tokens,
         extra_headers,
         identity_headers: identity_headers.to_vec(),
+        keeps_body: plugins.iter().any(|plugin| plugin.wants_request_body()),
+        plugins,
         max_body_bytes: config.max_body_bytes,
         api_keys: config.api_keys.clone(),
         unreachable: std::sync::atomic::AtomicBool::new(false),

@@ -19,6 +19,7 @@ mod control;
 mod gateway;
 mod metrics;
 mod oauth;
+mod plugin;
 mod proxy;
 mod route;
 mod secret;

@@ -33,8 +33,12 @@ use crate::control::Plane;
 use crate::gateway::{InflightGuard, Shared};
 use crate::route::{Destination, Route};
 use crate::token::{AccessToken, TokenError};
+use inbound::Client;
 use replay::ReplayBody;
 
+/// The JSON-RPC error code of a request a plugin refused (in the range JSON-RPC leaves to
+/// servers; 429 in its last digits, for the HTTP status it comes with).
+const REFUSED_BY_PLUGIN: i64 = -32029;
 /// The gateway's pingora application.
 #[derive(Debug)]
 pub(crate) struct GatewayProxy {
@@ -71,6 +75,10 @@ pub(crate) struct RequestCtx {
     body_too_large: bool,
     /// The allow-listed cross-origin `Origin` to answer CORS for.
     cors: Option<String>,
+    /// Who the caller is, once it is let in.
+    client: Option<Client>,
+    /// The start of the body, for plugins that read its JSON-RPC requests.
+    kept_body: Option<bytes::BytesMut>,
     /// The request's span (at `debug`): route, method, JSON-RPC method, status, elapsed.
     span: tracing::Span,
     _inflight: InflightGuard,
@@ -95,6 +103,8 @@ impl ProxyHttp for GatewayProxy {
             body_bytes: 0,
             body_too_large: false,
             cors: None,
+            client: None,
+            kept_body: None,
             span: tracing::Span::none(),
             _inflight: self.shared.inflight.enter(),
         }
@@ -202,6 +212,10 @@ impl ProxyHttp for GatewayProxy {
         if let Some(replay) = &mut ctx.replay {
             replay.keep(body.as_ref(), end_of_stream);
         }
+        if let (Some(kept), Some(chunk)) = (&mut ctx.kept_body, body.as_ref()) {
+            let room = crate::plugin::MAX_KEPT_BODY.saturating_sub(kept.len());
+            kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
         if !ctx.body_seen
             && let Some(chunk) = body.as_ref().filter(|chunk| !chunk.is_empty())
         {
@@ -217,10 +231,11 @@ impl ProxyHttp for GatewayProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        headers::prepare_downstream(upstream_response);
         if let Some(route) = &ctx.route {
             route.set_upstream_unreachable(false);
+            route.filter_response(upstream_response);
         }
-        headers::prepare_downstream(upstream_response);
         if let Some(allowed) = &ctx.cors {
             origin::add_cors(upstream_response, allowed);
         }
@@ -357,6 +372,26 @@ impl ProxyHttp for GatewayProxy {
             );
         }
         let method = method.as_str();
+        if let Some(route) = &ctx.route
+            && !route.plugins.is_empty()
+        {
+            let calls = ctx
+                .kept_body
+                .as_ref()
+                .map(|body| crate::plugin::RpcCall::parse_all(body))
+                .unwrap_or_default();
+            let unknown = Client::Unknown;
+            let finished = crate::plugin::Finished {
+                route: &route.name,
+                client: ctx.client.as_ref().unwrap_or(&unknown),
+                status,
+                elapsed: ctx.started.elapsed(),
+                calls: &calls,
+            };
+            for plugin in &route.plugins {
+                plugin.logging(&finished);
+            }
+        }
         let span = &ctx.span;
         span.record("status", status);
         span.record("elapsed_ms", elapsed_ms);
@@ -587,6 +622,13 @@ impl GatewayProxy {
         }
         ctx.route = Some(Arc::clone(&route));
         ctx.span.record("route", route.name.as_str());
+        ctx.client = Some(self.shared.inbound.client(session));
+        if route.keeps_body {
+            ctx.kept_body = Some(bytes::BytesMut::new());
+        }
+        if let Some(status) = self.run_plugins(session, ctx, &route).await? {
+            return Ok(Some(status));
+        }
         let declared = session
             .req_header()
             .headers
@@ -600,6 +642,7 @@ impl GatewayProxy {
             Err(error) => {
                 let message = jsonrpc::request_body(session).await;
                 ctx.rpc_method = message.as_ref().and_then(jsonrpc::method_label);
+                keep_message(ctx, message.as_ref());
                 return self
                     .answer_no_token(session, &route, &error, message)
                     .await
@@ -619,6 +662,36 @@ impl GatewayProxy {
         ctx.upstream_url = Some(url);
         ctx.token = token;
         Ok(None)
+    }
+
+    /// Runs the route's plugins' `request_filter`; answers with the first refusal.
+    async fn run_plugins(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+    ) -> pingora::Result<Option<u16>> {
+        let unknown = Client::Unknown;
+        let call = crate::plugin::Call {
+            route: &route.name,
+            client: ctx.client.as_ref().unwrap_or(&unknown),
+        };
+        let Some(refusal) = route.plugins.iter().find_map(|p| p.request_filter(&call)) else {
+            return Ok(None);
+        };
+        self.shared.metrics.limited(&route.name, refusal.code);
+        tracing::debug!(route = %route.name, code = refusal.code, "a plugin refused the request");
+        // A JSON-RPC request gets its refusal as a JSON-RPC error with its own id.
+        let message = jsonrpc::request_body(session).await;
+        ctx.rpc_method = message.as_ref().and_then(jsonrpc::method_label);
+        keep_message(ctx, message.as_ref());
+        let body = message
+            .as_ref()
+            .and_then(|m| jsonrpc::error_answer(m, REFUSED_BY_PLUGIN, &refusal.message))
+            .unwrap_or_else(|| reply::error_body(refusal.code, refusal.message.clone()));
+        reply::json_with(session, refusal.status, &body, refusal.retry_after)
+            .await
+            .map(Some)
     }
 
     /// Tells the client that the route has no token for it, and where to sign in. `message`
@@ -652,6 +725,13 @@ impl GatewayProxy {
         let mut body = reply::error_body("not_found", format!("no route serves {path}"));
         body["routes"] = prefixes.into();
         reply::json(session, 404, &body).await
+    }
+}
+
+/// Keeps a body the gateway read itself for the plugins that want it, as it reads them.
+fn keep_message(ctx: &mut RequestCtx, message: Option<&serde_json::Value>) {
+    if let (Some(kept), Some(message)) = (&mut ctx.kept_body, message) {
+        kept.extend_from_slice(message.to_string().as_bytes());
     }
 }
 

@@ -25,6 +25,10 @@ pub(crate) struct Route {
     pub(crate) extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// The headers a trusted proxy in front names callers in, which stay at the gateway.
     pub(crate) identity_headers: Vec<http::HeaderName>,
+    /// `[[routes.plugins]]`, in order.
+    pub(crate) plugins: Vec<Arc<dyn crate::plugin::Plugin>>,
+    /// Some plugin reads the JSON-RPC requests of bodies, so the proxy keeps their start.
+    pub(crate) keeps_body: bool,
     /// Request bodies larger than this get 413.
     pub(crate) max_body_bytes: u64,
     /// Client keys good for this route only, besides the gateway's.
@@ -34,6 +38,13 @@ pub(crate) struct Route {
 }
 
 impl Route {
+    /// Runs the plugins' `response_filter` on the response header going to the client.
+    pub(crate) fn filter_response(&self, response: &mut pingora::http::ResponseHeader) {
+        for plugin in &self.plugins {
+            plugin.response_filter(response);
+        }
+    }
+
     pub(crate) fn upstream_unreachable(&self) -> bool {
         self.unreachable.load(Ordering::Relaxed)
     }

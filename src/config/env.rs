@@ -134,6 +134,7 @@ pub(super) fn single_upstream(env: &dyn Env) -> Result<Config, Vec<FieldError>> 
                 api_keys: Vec::new(),
                 auth: RouteAuth::OAuth(Box::default()),
                 headers: Vec::new(),
+                plugins: Vec::new(),
             }],
             source: ConfigSource::Environment,
         }),

@@ -99,6 +99,9 @@ pub(super) struct RawRoute {
     pub(super) auth: RawAuth,
     #[serde(default)]
     pub(super) headers: BTreeMap<Spanned<String>, Spanned<String>>,
+    /// `[[routes.plugins]]`: `kind` plus the plugin's own settings, which the plugin reads.
+    #[serde(default)]
+    pub(super) plugins: Vec<Spanned<toml::Table>>,
 }
 
 /// `[routes.auth]`. There is deliberately no key for an inline token: a token in the file

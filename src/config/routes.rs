@@ -12,7 +12,7 @@ use toml::Spanned;
 use super::location::key_text;
 use super::raw::{RawAuth, RawAuthKind, RawRoute};
 use super::validate::{Checker, http_url};
-use super::{BearerSource, FieldErrorKind, RESERVED_PATHS, RouteAuth, RouteConfig};
+use super::{BearerSource, FieldErrorKind, PluginConfig, RESERVED_PATHS, RouteAuth, RouteConfig};
 
 const MAX_NAME_LEN: usize = 64;
 
@@ -65,6 +65,7 @@ fn check_route(index: usize, raw: &RawRoute, checker: &mut Checker<'_>) -> Optio
     };
     let auth = check_auth(index, &raw.auth, checker);
     let headers = check_headers(index, &raw.headers, checker);
+    let plugins = check_plugins(index, &raw.plugins, checker);
     let api_keys = super::validate::key_hashes(&key("api_keys"), &raw.api_keys, checker);
     let max_body_bytes = match &raw.max_body_bytes {
         None => Some(DEFAULT_MAX_BODY_BYTES),
@@ -89,7 +90,60 @@ fn check_route(index: usize, raw: &RawRoute, checker: &mut Checker<'_>) -> Optio
         api_keys: api_keys?,
         auth: auth?,
         headers: headers?,
+        plugins: plugins?,
     })
+}
+
+/// `[[routes.plugins]]`: each table's `kind` names a registered plugin, which reads the
+/// rest of the table.
+fn check_plugins(
+    index: usize,
+    raw: &[Spanned<toml::Table>],
+    checker: &mut Checker<'_>,
+) -> Option<Vec<PluginConfig>> {
+    let known = || {
+        let names: Vec<&str> = crate::plugin::KINDS.iter().map(|kind| kind.name).collect();
+        names.join(", ")
+    };
+    let mut plugins = Some(Vec::with_capacity(raw.len()));
+    for (at, table) in raw.iter().enumerate() {
+        let key = format!("routes[{index}].plugins[{at}]");
+        let mut settings = table.get_ref().clone();
+        let kind = match settings.remove("kind") {
+            Some(toml::Value::String(name)) => {
+                crate::plugin::kind(&name).ok_or(FieldErrorKind::UnknownPlugin {
+                    kind: name,
+                    known: known(),
+                })
+            }
+            _ => Err(FieldErrorKind::PluginKindMissing { known: known() }),
+        };
+        let env = |name: &str| checker.env.var(name);
+        let parsed = kind.and_then(|kind| {
+            let spec =
+                kind.parse(settings, &env)
+                    .map_err(|message| FieldErrorKind::PluginSettings {
+                        kind: kind.name,
+                        message,
+                    })?;
+            Ok(PluginConfig {
+                kind: kind.name,
+                spec,
+            })
+        });
+        match parsed {
+            Ok(plugin) => {
+                if let Some(list) = plugins.as_mut() {
+                    list.push(plugin);
+                }
+            }
+            Err(error) => {
+                checker.fail(key, Some(table.span()), error);
+                plugins = None;
+            }
+        }
+    }
+    plugins
 }
 
 /// Runs `rule` on a spanned string, recording a failure under `key`.

@@ -765,6 +765,31 @@ fn identity_headers_are_trusted_only_when_configured_or_on_databricks() {
 }
 
 #[test]
+fn plugins_are_checked_by_kind_and_by_their_own_keys() {
+    let plugin = |table: &str| format!("{}\n[[routes.plugins]]\n{table}\n", with_route(""));
+    let config = load_ok(&plugin("kind = \"rate_limit\"\nrequests_per_minute = 60"));
+    let kinds: Vec<&str> = config.routes[0].plugins.iter().map(|p| p.kind).collect();
+    assert_eq!(kinds, ["rate_limit"]);
+
+    let text = plugin("kind = \"tool_filterr\"");
+    let error = field_error(&text);
+    assert!(error.contains("routes[0].plugins[0]"), "{error}");
+    assert!(
+        error.contains("`tool_filterr` is not a plugin: use one of headers, rate_limit"),
+        "{error}"
+    );
+
+    let error = field_error(&plugin("requests_per_minute = 60"));
+    assert!(error.contains("a plugin needs a `kind`"), "{error}");
+
+    let error = field_error(&plugin("kind = \"rate_limit\"\nrequests_per_minut = 60"));
+    assert!(
+        error.contains("plugin rate_limit:") && error.contains("requests_per_minut"),
+        "{error}"
+    );
+}
+
+#[test]
 fn malformed_listen_is_refused() {
     let text = with_route("[server]\nlisten = \"localhost:8000\"\n");
     let error = field_error(&text);

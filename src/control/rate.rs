@@ -1,23 +1,27 @@
-//! A rate limit per client address for the control plane's sensitive doors: starting a
-//! sign-in, the OAuth callback, the UI's forms and the admin API. Each address has a token
-//! bucket holding a minute's worth of requests, refilled evenly; an empty bucket means 429
-//! with `Retry-After`. The table of addresses is bounded: when full, buckets that have
-//! refilled completely (addresses gone quiet) are dropped first.
+//! A rate limit per client: by address for the control plane's sensitive doors (starting a
+//! sign-in, the OAuth callback, the UI's forms and the admin API), and by any key the
+//! `rate_limit` plugin chooses. Each client has a token bucket holding a minute's worth of
+//! requests (or `burst`), refilled evenly; an empty bucket means 429 with `Retry-After`.
+//! The table of clients is bounded: when full, buckets that have refilled completely
+//! (clients gone quiet) are dropped first.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-/// Addresses tracked at once; past this, quiet ones are forgotten.
+/// Clients tracked at once; past this, quiet ones are forgotten.
 const MAX_CLIENTS: usize = 4096;
 
 #[derive(Debug)]
-pub(crate) struct RateLimiter {
-    /// Requests per minute per address; 0 turns the limit off.
+pub(crate) struct RateLimiter<K = IpAddr> {
+    /// Requests per minute per client; 0 turns the limit off.
     per_minute: u32,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    /// Requests a client may make at once after being quiet.
+    burst: u32,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -26,21 +30,27 @@ struct Bucket {
     updated: Instant,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq> RateLimiter<K> {
+    /// A bucket of a minute's worth of requests per client.
     pub(crate) fn new(per_minute: u32) -> Self {
+        Self::with_burst(per_minute, per_minute)
+    }
+
+    pub(crate) fn with_burst(per_minute: u32, burst: u32) -> Self {
         Self {
             per_minute,
+            burst: burst.max(1),
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
     /// Takes one request from `client`'s bucket; `Err(wait)` when it is empty.
-    pub(crate) fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn check(&self, client: K, now: Instant) -> Result<(), Duration> {
         if self.per_minute == 0 {
             return Ok(());
         }
-        let capacity = f64::from(self.per_minute);
-        let per_second = capacity / 60.0;
+        let capacity = f64::from(self.burst);
+        let per_second = f64::from(self.per_minute) / 60.0;
         let mut buckets = self.buckets.lock();
         if buckets.len() >= MAX_CLIENTS && !buckets.contains_key(&client) {
             buckets.retain(|_, bucket| refilled(bucket, now, per_second, capacity) < capacity);

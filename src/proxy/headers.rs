@@ -95,6 +95,9 @@ pub(crate) fn prepare_upstream(
     if accepts_event_stream(request) {
         let _ = request.insert_header(header::ACCEPT_ENCODING, "identity");
     }
+    for plugin in &route.plugins {
+        plugin.upstream_request_filter(request);
+    }
     Ok(())
 }
 

@@ -1,13 +1,22 @@
-//! Inbound authentication: who may use the gateway's routes.
+//! Inbound authentication: who may use the gateway's routes, and who a caller is.
 //!
 //! When the gateway has API keys configured (`server.api_keys` for every route, a route's
 //! own `api_keys` for that route alone), every proxied request must carry one as
 //! `Authorization: Bearer <key>`, and a key for one route opens no other. Only SHA-256 hashes
 //! of keys are kept, and they are compared in constant time. The key never travels further:
 //! the proxy replaces `Authorization` with the route's own upstream token.
+//!
+//! For per-client limits a caller is a [`Client`]: the API key it presented, when the
+//! gateway requires keys (so a client with a key is the same client from any address); the
+//! identity a trusted proxy in front forwards (`server.trusted_identity_header`; on
+//! Databricks Apps, where every request comes from the platform's proxy, its
+//! `X-Forwarded-Email`); otherwise its address. Only a digest of a key or identity is kept.
+
+use std::net::IpAddr;
 
 use http::header;
 use pingora::http::RequestHeader;
+use pingora::proxy::Session;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -20,18 +29,71 @@ pub(crate) struct Inbound {
     keys: Vec<ApiKeyHash>,
     /// Some key is configured somewhere, so every route needs one.
     required: bool,
+    /// The headers a trusted proxy names callers in, in order of preference.
+    identity_headers: Vec<http::HeaderName>,
+}
+
+/// Who a request comes from, for per-client limits and the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Client {
+    /// The first bytes of the SHA-256 of the client's API key or forwarded identity.
+    Digest([u8; 8]),
+    Address(IpAddr),
+    /// No address (a Unix socket): all such clients are one.
+    Unknown,
+}
+
+impl Client {
+    /// A short hex digest that tells clients apart in logs without naming them.
+    pub(crate) fn hash(&self) -> String {
+        let digest = match self {
+            Client::Digest(digest) => *digest,
+            Client::Address(ip) => prefix(&Sha256::digest(ip.to_string().as_bytes())),
+            Client::Unknown => return "-".to_owned(),
+        };
+        digest.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+}
+
+fn prefix(digest: &[u8]) -> [u8; 8] {
+    let mut prefix = [0; 8];
+    prefix.copy_from_slice(&digest[..8]);
+    prefix
 }
 
 impl Inbound {
-    /// `keys` for every route; `route_keys` whether any route has keys of its own.
-    pub(crate) fn new(keys: Vec<ApiKeyHash>, route_keys: bool) -> Self {
+    /// `keys` for every route; `route_keys` whether any route has keys of its own;
+    /// `identity_headers` the headers of a trusted proxy in front, if any.
+    pub(crate) fn new(
+        keys: Vec<ApiKeyHash>,
+        route_keys: bool,
+        identity_headers: Vec<http::HeaderName>,
+    ) -> Self {
         let required = route_keys || !keys.is_empty();
-        Self { keys, required }
+        Self {
+            keys,
+            required,
+            identity_headers,
+        }
     }
 
-    /// Whether every request must carry a key.
-    pub(crate) fn required(&self) -> bool {
-        self.required
+    /// The client a request comes from (once [`Inbound::allows`] let it in).
+    pub(crate) fn client(&self, session: &Session) -> Client {
+        let request = session.req_header();
+        let credential = if self.required {
+            bearer(request)
+        } else {
+            self.identity_headers
+                .iter()
+                .find_map(|name| request.headers.get(name)?.to_str().ok())
+        };
+        if let Some(credential) = credential {
+            return Client::Digest(prefix(&Sha256::digest(credential.as_bytes())));
+        }
+        match session.client_addr().and_then(|addr| addr.as_inet()) {
+            Some(addr) => Client::Address(addr.ip()),
+            None => Client::Unknown,
+        }
     }
 
     /// Whether `request` may use the route whose own keys are `route_keys`.
@@ -78,7 +140,11 @@ mod tests {
     #[test]
     fn only_a_listed_key_is_allowed() {
         let hash = format!("sha256:{:x}", Sha256::digest(b"k-123"));
-        let inbound = Inbound::new(vec![ApiKeyHash::parse(&hash).expect("hash")], false);
+        let inbound = Inbound::new(
+            vec![ApiKeyHash::parse(&hash).expect("hash")],
+            false,
+            Vec::new(),
+        );
         assert!(inbound.allows(&request(Some("Bearer k-123")), &[]));
         assert!(inbound.allows(&request(Some("bearer k-123")), &[]));
         assert!(!inbound.allows(&request(Some("Bearer k-124")), &[]));
@@ -89,7 +155,7 @@ mod tests {
     fn a_routes_own_key_opens_that_route_only() {
         let hash = format!("sha256:{:x}", Sha256::digest(b"route-key"));
         let own = [ApiKeyHash::parse(&hash).expect("hash")];
-        let inbound = Inbound::new(Vec::new(), true);
+        let inbound = Inbound::new(Vec::new(), true, Vec::new());
         assert!(inbound.allows(&request(Some("Bearer route-key")), &own));
         assert!(!inbound.allows(&request(Some("Bearer route-key")), &[]));
         assert!(!inbound.allows(&request(None), &[]));

@@ -79,6 +79,30 @@ pub(crate) fn sign_in_answer(message: &Value, text: &str) -> Option<Value> {
     }
 }
 
+/// A JSON-RPC error answering each request of `message` (one per request of a batch);
+/// `None` for notifications and anything that is not JSON-RPC.
+pub(crate) fn error_answer(message: &Value, code: i64, text: &str) -> Option<Value> {
+    match message {
+        Value::Array(batch) => {
+            let answers: Vec<Value> = batch
+                .iter()
+                .filter_map(|m| error_answer(m, code, text))
+                .collect();
+            (!answers.is_empty()).then_some(Value::Array(answers))
+        }
+        Value::Object(request) => {
+            let id = request.get("id").filter(|id| !id.is_null())?;
+            request.get("method")?.as_str()?;
+            Some(json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "error": { "code": code, "message": text },
+            }))
+        }
+        _ => None,
+    }
+}
+
 /// The MCP methods the metrics name; any other method counts as `other`, so that a client
 /// cannot grow the label set.
 const KNOWN_METHODS: &[&str] = &[

@@ -19,8 +19,21 @@ pub(crate) async fn json(
     status: u16,
     body: &serde_json::Value,
 ) -> pingora::Result<u16> {
+    json_with(session, status, body, None).await
+}
+
+/// [`json`] with a `Retry-After`, in whole seconds and at least one.
+pub(crate) async fn json_with(
+    session: &mut Session,
+    status: u16,
+    body: &serde_json::Value,
+    retry_after: Option<std::time::Duration>,
+) -> pingora::Result<u16> {
     let body = Bytes::from(body.to_string());
-    let mut response = ResponseHeader::build(status, Some(8))?;
+    let mut response = ResponseHeader::build(status, Some(9))?;
+    if let Some(wait) = retry_after {
+        response.insert_header(header::RETRY_AFTER, wait.as_secs().max(1))?;
+    }
     response.insert_header(header::CONTENT_TYPE, "application/json")?;
     response.insert_header(header::CONTENT_LENGTH, body.len())?;
     response.insert_header(header::CACHE_CONTROL, "no-store")?;

@@ -43,7 +43,7 @@ pub(crate) async fn relay(
     cors: Option<&str>,
 ) -> pingora::Result<u16> {
     // Counted from before the upstream is asked, so a burst cannot overshoot the bound.
-    let client = shared.streams.client(session, &shared.inbound);
+    let client = shared.inbound.client(session);
     let _slot = match shared.streams.enter(client) {
         Ok(slot) => slot,
         Err(exceeded) => return too_many_streams(session, shared, route, exceeded).await,
@@ -166,6 +166,7 @@ async fn relay_response(
     route.set_upstream_unreachable(false);
     let event_stream = headers::is_event_stream(&response);
     headers::prepare_downstream(&mut response);
+    route.filter_response(&mut response);
     if let Some(allowed) = cors {
         super::origin::add_cors(&mut response, allowed);
     }

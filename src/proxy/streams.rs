@@ -2,31 +2,14 @@
 //! (`server.max_streams`, past it 503) and for each client (`server.max_streams_per_client`,
 //! past it 429), so that one client opening streams in a loop cannot take every place.
 //!
-//! A client is the API key it presented, when the gateway requires keys (so a client with
-//! a key is the same client from any address); the identity a trusted proxy in front
-//! forwards (`server.trusted_identity_header`; on Databricks Apps, where every request
-//! comes from the platform's proxy, its `X-Forwarded-Email`); otherwise its address. Only a
-//! digest of a key or identity is kept.
+//! Who a client is, [`Client`], is the inbound side's to say.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use pingora::proxy::Session;
-use sha2::{Digest, Sha256};
 
-use super::inbound::{self, Inbound};
-
-/// Who holds a stream, for the per-client bound.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum Client {
-    /// The first bytes of the SHA-256 of the client's API key or forwarded identity.
-    Digest([u8; 8]),
-    Address(IpAddr),
-    /// No address (a Unix socket): all such clients share one bound.
-    Unknown,
-}
+use super::inbound::Client;
 
 /// Which bound a new stream would break.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +24,6 @@ pub(crate) struct StreamBounds {
     open: Mutex<Open>,
     max_total: usize,
     max_per_client: usize,
-    /// The headers a trusted proxy names callers in, in order of preference.
-    identity_headers: Vec<http::HeaderName>,
 }
 
 #[derive(Debug, Default)]
@@ -52,38 +33,11 @@ struct Open {
 }
 
 impl StreamBounds {
-    pub(crate) fn new(
-        max_total: usize,
-        max_per_client: usize,
-        identity_headers: Vec<http::HeaderName>,
-    ) -> Self {
+    pub(crate) fn new(max_total: usize, max_per_client: usize) -> Self {
         Self {
             open: Mutex::new(Open::default()),
             max_total,
             max_per_client,
-            identity_headers,
-        }
-    }
-
-    /// The client a request comes from.
-    pub(crate) fn client(&self, session: &Session, keys: &Inbound) -> Client {
-        let request = session.req_header();
-        let credential = if keys.required() {
-            inbound::bearer(request)
-        } else {
-            self.identity_headers
-                .iter()
-                .find_map(|name| request.headers.get(name)?.to_str().ok())
-        };
-        if let Some(credential) = credential {
-            let digest = Sha256::digest(credential.as_bytes());
-            let mut prefix = [0; 8];
-            prefix.copy_from_slice(&digest[..8]);
-            return Client::Digest(prefix);
-        }
-        match session.client_addr().and_then(|addr| addr.as_inet()) {
-            Some(addr) => Client::Address(addr.ip()),
-            None => Client::Unknown,
         }
     }
 
@@ -132,6 +86,8 @@ impl Drop for StreamSlot {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     fn address(last: u8) -> Client {
@@ -140,7 +96,7 @@ mod tests {
 
     #[test]
     fn each_client_has_its_own_bound_within_the_gateways() {
-        let bounds = Arc::new(StreamBounds::new(3, 2, Vec::new()));
+        let bounds = Arc::new(StreamBounds::new(3, 2));
         let a1 = bounds.enter(address(1)).expect("first of a");
         let _a2 = bounds.enter(address(1)).expect("second of a");
         assert_eq!(
