@@ -107,6 +107,8 @@ pub(crate) struct Shared {
     pub(crate) admin_listener: Option<SocketAddr>,
     /// The token the UI's forms carry, so that a page elsewhere cannot post them.
     pub(crate) csrf: crate::secret::Secret,
+    /// Legacy streams relayed here, for answers the gateway gives their clients itself.
+    pub(crate) legacy: Arc<crate::proxy::legacy::LegacyStreams>,
 }
 
 /// Pingora's connector, which has no `Debug` of its own.
@@ -375,6 +377,7 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
             config.server.databricks,
         ),
         csrf: crate::secret::Secret::new(oauth2::CsrfToken::new_random().secret().clone()),
+        legacy: Arc::default(),
     })
 }
 
@@ -533,6 +536,7 @@ fn build_route(
         extra_headers,
         identity_headers: identity_headers.to_vec(),
         keeps_body: plugins.iter().any(|plugin| plugin.wants_request_body()),
+        inspects_messages: plugins.iter().any(|plugin| plugin.inspects_messages()),
         plugins,
         max_body_bytes: config.max_body_bytes,
         api_keys: config.api_keys.clone(),

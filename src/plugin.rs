@@ -14,6 +14,7 @@
 pub(crate) mod audit_log;
 pub(crate) mod headers;
 pub(crate) mod rate_limit;
+pub(crate) mod tool_filter;
 
 use std::fmt;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub(crate) const KINDS: &[Kind] = &[
     Kind::of::<headers::Headers>(),
     Kind::of::<rate_limit::RateLimit>(),
     Kind::of::<audit_log::AuditLog>(),
+    Kind::of::<tool_filter::ToolFilter>(),
 ];
 
 /// A request as a plugin sees it when it decides, in `request_filter`.
@@ -123,6 +125,30 @@ pub(crate) trait Plugin: Send + Sync + fmt::Debug {
 
     /// `response_filter`: the response header as it goes to the client.
     fn response_filter(&self, _response: &mut ResponseHeader) {}
+
+    /// Whether the plugin reads the JSON-RPC messages themselves: then the proxy reads
+    /// each `POST` body whole before it goes upstream and relays the exchange itself, so
+    /// that [`Plugin::request_message`] and [`Plugin::response_message`] see every message.
+    fn inspects_messages(&self) -> bool {
+        false
+    }
+
+    /// A request's JSON-RPC message (an object, or an array for a batch), before it goes
+    /// upstream: `Some` is the answer the client gets instead, and the upstream never sees
+    /// the request.
+    fn request_message(
+        &self,
+        _call: &Call<'_>,
+        _message: &serde_json::Value,
+    ) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// A JSON-RPC message on its way to the client (a JSON body, or one SSE event's data):
+    /// the plugin may change it, and says whether it did.
+    fn response_message(&self, _message: &mut serde_json::Value) -> bool {
+        false
+    }
 
     /// Whether `logging` needs the JSON-RPC requests of the body (the proxy then keeps
     /// the first [`MAX_KEPT_BODY`] bytes of it).

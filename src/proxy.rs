@@ -11,6 +11,7 @@ pub(crate) mod downstream;
 pub(crate) mod headers;
 pub(crate) mod inbound;
 pub(crate) mod jsonrpc;
+pub(crate) mod legacy;
 pub(crate) mod origin;
 pub(crate) mod replay;
 pub(crate) mod reply;
@@ -661,7 +662,75 @@ impl GatewayProxy {
         }
         ctx.upstream_url = Some(url);
         ctx.token = token;
+        if route.inspects_messages && session.req_header().method == http::Method::POST {
+            return self.inspect(session, ctx, &route).await.map(Some);
+        }
         Ok(None)
+    }
+
+    /// Reads a `POST` body whole for the plugins that read messages, answers it when one of
+    /// them does, and otherwise sends it upstream and relays the answer through them.
+    async fn inspect(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Arc<Route>,
+    ) -> pingora::Result<u16> {
+        let mut replay = ReplayBody::with_limit(route.max_body_bytes);
+        let Some(body) = replay.complete(session).await else {
+            if replay.too_large() {
+                return self.body_too_large(session, route).await;
+            }
+            return Error::e_explain(ErrorType::ReadError, "the client left mid-body");
+        };
+        if let Some(message) = jsonrpc::parse_request(session.req_header(), &body) {
+            ctx.rpc_method = jsonrpc::method_label(&message);
+            keep_message(ctx, Some(&message));
+            let unknown = Client::Unknown;
+            let call = crate::plugin::Call {
+                route: &route.name,
+                client: ctx.client.as_ref().unwrap_or(&unknown),
+            };
+            let answer = route
+                .plugins
+                .iter()
+                .find_map(|plugin| plugin.request_message(&call, &message));
+            if let Some(answer) = answer {
+                tracing::debug!(route = %route.name, "a plugin answered the request itself");
+                // A legacy client reads its answers from its stream, not from the POST.
+                let request = session.req_header();
+                let endpoint = match request.uri.query() {
+                    Some(query) => format!("{}?{query}", request.uri.path()),
+                    None => request.uri.path().to_owned(),
+                };
+                if self.shared.legacy.deliver(&endpoint, &answer) {
+                    return reply::json(session, 202, &serde_json::json!({})).await;
+                }
+                return reply::json(session, 200, &answer).await;
+            }
+        }
+        let Some(url) = ctx.upstream_url.clone() else {
+            return Error::e_explain(ErrorType::InternalError, "request without a route");
+        };
+        let cors = ctx.cors.clone();
+        let sent = stream::resend(
+            session,
+            &self.shared,
+            route,
+            &url,
+            ctx.token.as_ref(),
+            body,
+            cors.as_deref(),
+        )
+        .await?;
+        match sent {
+            Some(status) => Ok(status),
+            // The upstream refused the token: refreshed and sent once more, as any request.
+            None => {
+                ctx.replay = Some(replay);
+                self.resend(session, ctx).await
+            }
+        }
     }
 
     /// Runs the route's plugins' `request_filter`; answers with the first refusal.

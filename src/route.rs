@@ -29,6 +29,8 @@ pub(crate) struct Route {
     pub(crate) plugins: Vec<Arc<dyn crate::plugin::Plugin>>,
     /// Some plugin reads the JSON-RPC requests of bodies, so the proxy keeps their start.
     pub(crate) keeps_body: bool,
+    /// Some plugin reads and may change messages, so the proxy relays `POST`s itself.
+    pub(crate) inspects_messages: bool,
     /// Request bodies larger than this get 413.
     pub(crate) max_body_bytes: u64,
     /// Client keys good for this route only, besides the gateway's.
@@ -38,6 +40,16 @@ pub(crate) struct Route {
 }
 
 impl Route {
+    /// Lets the plugins that read messages change one on its way to the client; the
+    /// message as JSON text when one did.
+    pub(crate) fn filter_message(&self, data: &str) -> Option<String> {
+        let mut message: serde_json::Value = serde_json::from_str(data).ok()?;
+        let changed = self.plugins.iter().fold(false, |changed, plugin| {
+            plugin.response_message(&mut message) | changed
+        });
+        changed.then(|| message.to_string())
+    }
+
     /// Runs the plugins' `response_filter` on the response header going to the client.
     pub(crate) fn filter_response(&self, response: &mut pingora::http::ResponseHeader) {
         for plugin in &self.plugins {

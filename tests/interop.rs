@@ -15,7 +15,7 @@ use support::mock_upstream::{MockOptions, MockUpstream};
 
 const TOKEN: &str = "interop-upstream-token";
 
-fn run_client(transport: &str, url: &str) -> Value {
+fn run_client(transport: &str, url: &str, extra: &[&str]) -> Value {
     let script = repo_file("tests/interop/python_client.py");
     let output = Command::new(python())
         .arg(script)
@@ -27,6 +27,7 @@ fn run_client(transport: &str, url: &str) -> Value {
             "--expect-tool",
             "echo",
         ])
+        .args(extra)
         .output()
         .expect("run the Python MCP client");
     assert!(
@@ -48,7 +49,7 @@ async fn check_transport(transport: &str, path: &str) {
     let gateway = single_route("/mock", upstream.base_url(), TOKEN, "");
     let url = format!("{}{path}", gateway.url());
     let transport_owned = transport.to_owned();
-    let summary = tokio::task::spawn_blocking(move || run_client(&transport_owned, &url))
+    let summary = tokio::task::spawn_blocking(move || run_client(&transport_owned, &url, &[]))
         .await
         .expect("client thread");
     assert_eq!(summary["transport"], transport);
@@ -79,4 +80,69 @@ async fn python_sdk_client_works_over_streamable_http() {
 #[tokio::test(flavor = "multi_thread")]
 async fn python_sdk_client_works_over_legacy_sse() {
     check_transport("sse", "/mock/sse").await;
+}
+
+/// With `tool_filter` on the route, the SDK client lists only the tools left and is refused
+/// a filtered one, which never reaches the upstream; progress notifications still stream.
+async fn check_tool_filter(transport: &str, path: &str) {
+    let upstream = MockUpstream::start(MockOptions {
+        token: TOKEN.into(),
+        base_path: "/v1".into(),
+        ..Default::default()
+    })
+    .await;
+    let gateway = support::gateway::start(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[[routes]]
+name = "mock"
+prefix = "/mock"
+upstream = "{}"
+auth = {{ kind = "bearer", token_file = "{{dir}}/upstream-token" }}
+[[routes.plugins]]
+kind = "tool_filter"
+deny = ["admin_*", "who?mi"]
+"#,
+            upstream.base_url()
+        ),
+        &[("upstream-token", TOKEN)],
+    );
+    let url = format!("{}{path}", gateway.url());
+    let transport_owned = transport.to_owned();
+    let summary = tokio::task::spawn_blocking(move || {
+        run_client(&transport_owned, &url, &["--call-blocked", "admin_echo"])
+    })
+    .await
+    .expect("client thread");
+    assert_eq!(summary["tools"], serde_json::json!(["echo", "slow_stream"]));
+    assert_eq!(summary["echo"], "hello through the gateway");
+    assert_eq!(summary["progress"], 3, "{summary}");
+    assert_eq!(summary["blocked"]["code"], -32602, "{summary}");
+    let message = summary["blocked"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("'admin_echo' is not available"),
+        "{message}"
+    );
+    assert_eq!(
+        upstream.state().tool_calls("echo"),
+        1,
+        "allowed calls go through"
+    );
+    assert_eq!(
+        upstream.state().tool_calls("admin_echo"),
+        0,
+        "the filtered call reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_sees_only_allowed_tools_over_streamable_http() {
+    check_tool_filter("streamable", "/mock/mcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_sees_only_allowed_tools_over_legacy_sse() {
+    check_tool_filter("sse", "/mock/sse").await;
 }

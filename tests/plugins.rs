@@ -302,3 +302,69 @@ async fn audit_log_writes_one_line_per_json_rpc_request_without_arguments_or_sec
         assert_eq!(mode & 0o777, 0o600);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tool_filter_trims_json_lists_and_answers_filtered_calls_itself() {
+    let upstream = MockUpstream::start(MockOptions {
+        token: TOKEN.into(),
+        json_responses: true,
+        ..Default::default()
+    })
+    .await;
+    let plugins = "[[routes.plugins]]\nkind = \"tool_filter\"\nallow = [\"ec*\", \"slow_*\"]\n\
+                   deny = [\"slow_*\"]\n";
+    let gateway = gateway(&upstream, "", plugins);
+    let base = gateway.url();
+    let init = post(&base, None, &support::initialize_request()).await;
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let send = |body: Value| {
+        client()
+            .post(format!("{base}/up/mcp"))
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &session)
+            .json(&body)
+            .send()
+    };
+
+    let list = send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+        .await
+        .expect("list");
+    assert!(
+        list.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("application/json")
+    );
+    let list: Value = list.json().await.expect("json with a length that fits");
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|tool| tool["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["echo"]);
+
+    let refused: Value = send(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "admin_echo", "arguments": {"text": "x"}}}))
+    .await
+    .expect("call")
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(refused["id"], 3);
+    assert_eq!(refused["error"]["code"], -32602);
+    assert_eq!(upstream.state().tool_calls("admin_echo"), 0);
+
+    let echoed: Value = send(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "through"}}}))
+    .await
+    .expect("call")
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(echoed["result"]["content"][0]["text"], "through");
+    assert_eq!(upstream.state().tool_calls("echo"), 1);
+}

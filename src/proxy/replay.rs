@@ -16,17 +16,44 @@ use pingora::proxy::Session;
 pub(crate) const LIMIT: usize = 1 << 20;
 
 /// The body of one request, as far as it has been read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ReplayBody {
     chunks: Vec<Bytes>,
     len: usize,
+    /// The most it keeps: [`LIMIT`] for a resend, more for plugins that read whole bodies.
+    limit: usize,
     /// The client has sent its last byte.
     complete: bool,
-    /// The body passed [`LIMIT`]; nothing is kept any more.
+    /// The body passed the limit; nothing is kept any more.
     too_large: bool,
 }
 
+impl Default for ReplayBody {
+    fn default() -> Self {
+        Self {
+            chunks: Vec::new(),
+            len: 0,
+            limit: LIMIT,
+            complete: false,
+            too_large: false,
+        }
+    }
+}
+
 impl ReplayBody {
+    /// A body kept up to `limit` bytes (a route's `max_body_bytes`).
+    pub(crate) fn with_limit(limit: u64) -> Self {
+        Self {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            ..Self::default()
+        }
+    }
+
+    /// Whether the body outgrew the limit.
+    pub(crate) fn too_large(&self) -> bool {
+        self.too_large
+    }
+
     /// Keeps `chunk`, one piece of the body on its way upstream; `end` when it is the last.
     pub(crate) fn keep(&mut self, chunk: Option<&Bytes>, end: bool) {
         if self.too_large {
@@ -34,7 +61,7 @@ impl ReplayBody {
         }
         if let Some(chunk) = chunk.filter(|chunk| !chunk.is_empty()) {
             self.len += chunk.len();
-            if self.len > LIMIT {
+            if self.len > self.limit {
                 self.too_large = true;
                 self.chunks = Vec::new();
                 return;

@@ -10,13 +10,16 @@
 //! path under the route's prefix; [`upstream_url`] is its inverse, used by the route when the
 //! client's POST comes back, so the mapping needs no per-session state.
 //!
-//! Everything other than the `endpoint` event's `data` lines passes through byte for byte.
+//! Everything other than the `endpoint` event's `data` lines passes through byte for byte,
+//! unless a plugin reads messages: then the scanner also offers each complete `message`
+//! event's data ([`SseScanner::feed_messages`]), and a changed message replaces its data.
 
 use bytes::{Bytes, BytesMut};
 use url::{Origin, Url};
 
 /// Largest event the scanner holds back while waiting for its end. A bigger event cannot be
-/// an `endpoint` event (that is one URL), so it is streamed through as it arrives instead.
+/// an `endpoint` event (that is one URL), so it is streamed through as it arrives instead,
+/// without being offered to a message reader.
 const MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// What a buffer keeps after a big event, so a long-lived stream does not pin a large
@@ -33,6 +36,16 @@ const HEAD_BYTES: usize = 16;
 /// The path segment, right after a route's prefix, that stands for the upstream origin's root
 /// rather than for the route's base path.
 const ROOT_MARKER: &str = "/~";
+
+/// What an event is, by its `event` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventKind {
+    /// The legacy transport's `endpoint` event.
+    Endpoint,
+    /// A JSON-RPC message: no `event` field, or `event: message`.
+    Message,
+    Other,
+}
 
 /// Where the scanner is relative to the stream's structure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,8 +87,10 @@ pub(crate) struct SseScanner {
     unit: Unit,
     /// The current event has a field line (it is an event, not a leading comment).
     in_event: bool,
-    /// The current event's type, as set by its last `event` field, is `endpoint`.
-    is_endpoint: bool,
+    /// The current event's type, as set by its last `event` field.
+    kind: EventKind,
+    /// Whether `message` events are offered to the rewrite, besides `endpoint` events.
+    messages: bool,
     /// The last byte seen was a CR: an LF right after it belongs to the same line ending.
     after_cr: bool,
     /// Length of the current, unfinished line.
@@ -98,7 +113,8 @@ impl SseScanner {
             buf: Vec::new(),
             unit: Unit::Idle,
             in_event: false,
-            is_endpoint: false,
+            kind: EventKind::Message,
+            messages: false,
             after_cr: false,
             line_len: 0,
             head: [0; HEAD_BYTES],
@@ -120,11 +136,40 @@ impl SseScanner {
         chunk: &[u8],
         mut rewrite: impl FnMut(&str) -> Option<String>,
     ) -> Bytes {
+        self.messages = false;
+        self.feed_any(chunk, &mut |kind, data| match kind {
+            EventKind::Endpoint => rewrite(data),
+            EventKind::Message | EventKind::Other => None,
+        })
+    }
+
+    /// Like [`SseScanner::feed`], and also hands each complete `message` event (an event
+    /// without an `event` field, or `event: message`) to `message`, whose `Some` replaces
+    /// the event's data.
+    pub(crate) fn feed_messages(
+        &mut self,
+        chunk: &[u8],
+        mut endpoint: impl FnMut(&str) -> Option<String>,
+        mut message: impl FnMut(&str) -> Option<String>,
+    ) -> Bytes {
+        self.messages = true;
+        self.feed_any(chunk, &mut |kind, data| match kind {
+            EventKind::Endpoint => endpoint(data),
+            EventKind::Message => message(data),
+            EventKind::Other => None,
+        })
+    }
+
+    fn feed_any(
+        &mut self,
+        chunk: &[u8],
+        rewrite: &mut dyn FnMut(EventKind, &str) -> Option<String>,
+    ) -> Bytes {
         let chunk = match self.take_bom(chunk) {
             Some(rest) => rest,
             None => return Bytes::new(),
         };
-        match self.scan(chunk, &mut rewrite) {
+        match self.scan(chunk, rewrite) {
             Released::Range(range) => Bytes::copy_from_slice(&chunk[range]),
             Released::Assembled(out) => out.freeze(),
         }
@@ -187,7 +232,11 @@ impl SseScanner {
     /// Scans one chunk. Output so far is always `out` followed by `chunk[emit_from..]` up to
     /// the start of the event being held; bytes held from earlier chunks come before any byte
     /// of this chunk, because such an event started before it.
-    fn scan(&mut self, chunk: &[u8], rewrite: &mut dyn FnMut(&str) -> Option<String>) -> Released {
+    fn scan(
+        &mut self,
+        chunk: &[u8],
+        rewrite: &mut dyn FnMut(EventKind, &str) -> Option<String>,
+    ) -> Released {
         let mut out = BytesMut::new();
         let mut emit_from = 0;
         let mut event_start = (self.unit == Unit::Buffering).then_some(0);
@@ -214,16 +263,21 @@ impl SseScanner {
             pos += line_end + 1;
 
             // A finished event (or leading comment) is released, rewritten if it must be.
-            let Some(endpoint) = self.end_line() else {
+            let Some(kind) = self.end_line() else {
                 continue;
             };
+            let offered = kind.filter(|kind| match kind {
+                EventKind::Endpoint => true,
+                EventKind::Message => self.messages,
+                EventKind::Other => false,
+            });
             let Some(start) = event_start.take() else {
-                if endpoint {
-                    tracing::warn!("endpoint event exceeds the size limit; forwarded unchanged");
+                if offered.is_some() {
+                    tracing::warn!("event exceeds the size limit; forwarded unchanged");
                 }
                 continue;
             };
-            match endpoint.then(|| self.rewrite_held(&chunk[start..pos], rewrite)) {
+            match offered.map(|kind| self.rewrite_held(kind, &chunk[start..pos], rewrite)) {
                 Some(Some(event)) => {
                     out.extend_from_slice(&chunk[emit_from..start]);
                     out.extend_from_slice(&event);
@@ -264,19 +318,20 @@ impl SseScanner {
         Released::Assembled(out)
     }
 
-    /// Rewrites the endpoint event made of the held bytes and `tail`, unless it is too big.
+    /// Rewrites the event made of the held bytes and `tail`, unless it is too big.
     fn rewrite_held(
         &mut self,
+        kind: EventKind,
         tail: &[u8],
-        rewrite: &mut dyn FnMut(&str) -> Option<String>,
+        rewrite: &mut dyn FnMut(EventKind, &str) -> Option<String>,
     ) -> Option<Vec<u8>> {
         if self.buf.len() + tail.len() > MAX_EVENT_BYTES {
-            tracing::warn!("endpoint event exceeds the size limit; forwarded unchanged");
+            tracing::warn!("event exceeds the size limit; forwarded unchanged");
             return None;
         }
         let held = self.buf.len();
         self.buf.extend_from_slice(tail);
-        let rewritten = rewrite_endpoint_event(&self.buf, rewrite);
+        let rewritten = rewrite_event_data(&self.buf, &mut |data| rewrite(kind, data));
         self.buf.truncate(held);
         rewritten
     }
@@ -284,7 +339,7 @@ impl SseScanner {
     fn start_event(&mut self) {
         self.unit = Unit::Buffering;
         self.in_event = false;
-        self.is_endpoint = false;
+        self.kind = EventKind::Message;
     }
 
     fn push_line_bytes(&mut self, bytes: &[u8]) {
@@ -300,16 +355,16 @@ impl SseScanner {
         self.buf.shrink_to(RETAINED_BUFFER_BYTES);
     }
 
-    /// Classifies the line just ended. Returns `Some(endpoint)` when it ends the current
-    /// event or leading comment, where `endpoint` says it was an `endpoint` event.
-    fn end_line(&mut self) -> Option<bool> {
+    /// Classifies the line just ended. Returns `Some` when it ends the current event (with
+    /// the event's kind) or a leading comment (`Some(None)`).
+    fn end_line(&mut self) -> Option<Option<EventKind>> {
         let len = std::mem::take(&mut self.line_len);
         if self.unit == Unit::Idle {
             return None;
         }
         if len == 0 {
             self.unit = Unit::Idle;
-            return Some(self.in_event && self.is_endpoint);
+            return Some(self.in_event.then_some(self.kind));
         }
         let head = &self.head[..len.min(HEAD_BYTES)];
         if head[0] == b':' {
@@ -317,11 +372,16 @@ impl SseScanner {
                 return None;
             }
             self.unit = Unit::Idle;
-            return Some(false);
+            return Some(None);
         }
         self.in_event = true;
         if let Some((b"event", value)) = split_field(head) {
-            self.is_endpoint = len <= HEAD_BYTES && value == b"endpoint";
+            self.kind = match value {
+                _ if len > HEAD_BYTES => EventKind::Other,
+                b"endpoint" => EventKind::Endpoint,
+                b"message" | b"" => EventKind::Message,
+                _ => EventKind::Other,
+            };
         }
         None
     }
@@ -358,9 +418,9 @@ fn split_lines(mut bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     })
 }
 
-/// Rewrites a complete `endpoint` event: its data goes through `rewrite`, and the result
-/// replaces its `data` lines where the first of them stood. `None` leaves the event as is.
-fn rewrite_endpoint_event(
+/// Rewrites a complete event: its data goes through `rewrite`, and the result replaces its
+/// `data` lines where the first of them stood. `None` leaves the event as is.
+fn rewrite_event_data(
     event: &[u8],
     rewrite: &mut dyn FnMut(&str) -> Option<String>,
 ) -> Option<Vec<u8>> {
@@ -573,8 +633,42 @@ mod tests {
     #[test]
     fn complete_events_are_released_as_one_slice_of_the_chunk() {
         let mut scanner = SseScanner::new();
-        let released = scanner.scan(b"data: a\n\n: c\n\ndata: b", &mut |_| None);
+        let released = scanner.scan(b"data: a\n\n: c\n\ndata: b", &mut |_, _| None);
         assert!(matches!(released, Released::Range(range) if range == (0..14)));
+    }
+
+    #[test]
+    fn message_events_are_offered_only_when_asked_for_and_across_chunks() {
+        let stream: &[&[u8]] = &[
+            b": hello\n\nevent: endpoint\ndata: /v1/message\n\ndata: {\"a\"",
+            b":1}\n\nevent: message\r\ndata: {\"b\":2}\r\n\r\nevent: ping\ndata: {}\n\n",
+        ];
+        let mut offered = Vec::new();
+        let mut scanner = SseScanner::new();
+        let mut out = Vec::new();
+        for chunk in stream {
+            let released = scanner.feed_messages(
+                chunk,
+                |_| Some("/gw/message".into()),
+                |data| {
+                    offered.push(data.to_owned());
+                    Some("{\"changed\":true}".into())
+                },
+            );
+            out.extend_from_slice(&released);
+        }
+        out.extend_from_slice(&scanner.finish());
+        assert_eq!(offered, ["{\"a\":1}", "{\"b\":2}"]);
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            ": hello\n\nevent: endpoint\ndata: /gw/message\n\ndata: {\"changed\":true}\n\n\
+             event: message\r\ndata: {\"changed\":true}\r\n\r\nevent: ping\ndata: {}\n\n"
+        );
+
+        // Without asking, messages pass byte for byte.
+        let mut plain = SseScanner::new();
+        let released = plain.feed(b"data: {\"a\":1}\n\n", |_| None);
+        assert_eq!(&released[..], b"data: {\"a\":1}\n\n");
     }
 
     #[test]

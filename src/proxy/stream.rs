@@ -12,17 +12,20 @@
 //! The same loop relays the response to a request that the gateway sends a second time
 //! itself ([`resend`]), after the upstream refused the route's token and it was refreshed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use url::Url;
 
 use super::headers;
+use super::legacy::{LegacyStreams, Registration};
 use super::reply;
 use super::sse::{EndpointRewriter, SseScanner};
 use super::streams::Exceeded;
@@ -170,6 +173,9 @@ async fn relay_response(
     if let Some(allowed) = cors {
         super::origin::add_cors(&mut response, allowed);
     }
+    if route.inspects_messages && !event_stream && is_json(&response) {
+        return relay_json_message(session, route, upstream, response).await;
+    }
     session
         .write_response_header(Box::new(response), false)
         .await?;
@@ -183,6 +189,10 @@ async fn relay_response(
         scanner: event_stream.then(SseScanner::new),
         rewriter,
         keepalive: keepalive.filter(|_| event_stream),
+        route,
+        legacy: &shared.legacy,
+        answers: None,
+        queued: Vec::new(),
     };
     let _open = event_stream.then(|| shared.metrics.stream_opened(&route.name));
     match pump.run(session, &mut upstream).await {
@@ -204,13 +214,31 @@ enum StreamEnd {
     ClientGone,
 }
 
-struct Pump {
+struct Pump<'a> {
     scanner: Option<SseScanner>,
     rewriter: EndpointRewriter,
     keepalive: Option<Duration>,
+    /// Whose plugins may read and change the stream's messages.
+    route: &'a Route,
+    legacy: &'a Arc<LegacyStreams>,
+    /// The gateway's own answers to this legacy stream's client, once it is registered.
+    answers: Option<(mpsc::Receiver<Bytes>, Registration)>,
+    /// Answers waiting for the end of the upstream event being relayed.
+    queued: Vec<Bytes>,
 }
 
-impl Pump {
+/// The next answer for a registered legacy stream; never, for any other stream.
+async fn next_answer(answers: &mut Option<(mpsc::Receiver<Bytes>, Registration)>) -> Bytes {
+    match answers {
+        Some((receiver, _)) => match receiver.recv().await {
+            Some(answer) => answer,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+impl Pump<'_> {
     async fn run(&mut self, session: &mut Session, upstream: &mut HttpSession) -> StreamEnd {
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut next_keepalive = self
@@ -240,24 +268,59 @@ impl Pump {
                         return StreamEnd::ClientGone;
                     }
                 }
+                answer = next_answer(&mut self.answers) => {
+                    self.queued.push(answer);
+                    if self.write_queued(session).await.is_err() {
+                        return StreamEnd::ClientGone;
+                    }
+                }
                 _ = session.read_body_or_idle(true) => return StreamEnd::ClientGone,
             }
         }
     }
 
+    /// Writes the gateway's own answers, once no upstream event is half relayed.
+    async fn write_queued(&mut self, session: &mut Session) -> pingora::Result<()> {
+        let at_boundary = self
+            .scanner
+            .as_ref()
+            .is_none_or(SseScanner::at_event_boundary);
+        if !at_boundary {
+            return Ok(());
+        }
+        for answer in std::mem::take(&mut self.queued) {
+            write(session, answer).await?;
+        }
+        Ok(())
+    }
+
     /// Forwards what the scanner releases from `chunk`; `Some` when the stream must end.
     async fn forward(&mut self, session: &mut Session, chunk: &Bytes) -> Option<StreamEnd> {
+        let (rewriter, route) = (&self.rewriter, self.route);
+        let mut endpoint = None;
         let out = match &mut self.scanner {
-            Some(scanner) => scanner.feed(chunk, |data| self.rewriter.rewrite(data)),
+            Some(scanner) if route.inspects_messages => scanner.feed_messages(
+                chunk,
+                |data| {
+                    endpoint = rewriter.rewrite(data);
+                    endpoint.clone()
+                },
+                |data| route.filter_message(data),
+            ),
+            Some(scanner) => scanner.feed(chunk, |data| rewriter.rewrite(data)),
             None => chunk.clone(),
         };
-        if out.is_empty() {
-            return None;
+        // The gateway may answer this client's messages itself: it must know the stream.
+        if let Some(endpoint) = endpoint {
+            self.answers = Some(self.legacy.register(endpoint));
         }
-        write(session, out)
-            .await
-            .err()
-            .map(|_| StreamEnd::ClientGone)
+        if !out.is_empty() && write(session, out).await.is_err() {
+            return Some(StreamEnd::ClientGone);
+        }
+        if !self.queued.is_empty() && self.write_queued(session).await.is_err() {
+            return Some(StreamEnd::ClientGone);
+        }
+        None
     }
 
     async fn finish(&mut self, session: &mut Session) -> StreamEnd {
@@ -269,6 +332,57 @@ impl Pump {
         let _ = session.write_response_body(Some(rest), true).await;
         StreamEnd::UpstreamFinished
     }
+}
+
+/// The largest JSON response the gateway reads whole for plugins that read messages.
+const MAX_JSON_MESSAGE: usize = 16 * 1024 * 1024;
+
+fn is_json(response: &ResponseHeader) -> bool {
+    response
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("application/json"))
+}
+
+/// Relays a JSON response whole, after the route's plugins have read (and maybe changed)
+/// the message. A body too large to read whole is not relayed: a plugin that filters what
+/// clients see must not be bypassed by size.
+async fn relay_json_message(
+    session: &mut Session,
+    route: &Route,
+    mut upstream: HttpSession,
+    mut response: ResponseHeader,
+) -> pingora::Result<u16> {
+    let status = response.status.as_u16();
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = upstream.read_response_body().await? {
+        if body.len() + chunk.len() > MAX_JSON_MESSAGE {
+            upstream.shutdown().await;
+            let message = format!(
+                "route '{}': the upstream's answer is over {MAX_JSON_MESSAGE} bytes, more than \
+                 the route's plugins read",
+                route.name
+            );
+            let body = reply::error_body("response_too_large", message);
+            return reply::json(session, 502, &body).await;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = match std::str::from_utf8(&body)
+        .ok()
+        .and_then(|text| route.filter_message(text))
+    {
+        Some(changed) => Bytes::from(changed),
+        None => body.freeze(),
+    };
+    response.remove_header(&http::header::TRANSFER_ENCODING);
+    response.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    session
+        .write_response_header(Box::new(response), false)
+        .await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(status)
 }
 
 /// Whether the upstream answered an OAuth route's stream with 401.

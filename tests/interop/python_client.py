@@ -10,12 +10,16 @@ notifications, and prints one JSON line that the calling test checks:
     {"transport": ..., "server_name": ..., "tools": [...], "echo": ...,
      "progress": N, "slow_result": ...}
 
+With `--call-blocked NAME` it also calls the tool NAME, which the gateway is
+expected to refuse, and reports the JSON-RPC error as "blocked": {"code", "message"}.
+
 Any failure ends the process with status 1 and a one-line reason on stderr;
 bad arguments end it with status 2. The whole run is bounded by a timeout so
 a stuck stream fails the test instead of hanging it.
 
 Usage:
     python_client.py --transport streamable|sse --url URL [--expect-tool NAME]...
+                     [--call-blocked NAME]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import mcp.types as types
 from mcp.client.session import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 OVERALL_TIMEOUT_SECS = 30.0
 ECHO_TEXT = "hello through the gateway"
@@ -54,6 +59,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=[],
         metavar="NAME",
         help="fail unless tools/list contains NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--call-blocked",
+        metavar="NAME",
+        help="also call tool NAME and report the error the gateway answers it with",
     )
     parser.add_argument(
         "--bearer-env",
@@ -153,7 +163,7 @@ async def run_session(args: argparse.Namespace) -> dict[str, Any]:
 
         slow = await session.call_tool("slow_stream", dict(SLOW_ARGS), progress_callback=on_progress)
 
-        return {
+        report = {
             "transport": args.transport,
             "server_name": init.server_info.name,
             "tools": sorted(tools),
@@ -161,6 +171,16 @@ async def run_session(args: argparse.Namespace) -> dict[str, Any]:
             "progress": progress_seen,
             "slow_result": result_text("slow_stream", slow),
         }
+        if args.call_blocked:
+            try:
+                result = await session.call_tool(args.call_blocked, {})
+            except MCPError as error:
+                report["blocked"] = {"code": error.error.code, "message": error.error.message}
+            else:
+                raise InteropFailure(
+                    f"tool {args.call_blocked} was not refused: {result.model_dump_json()}"
+                )
+        return report
 
 
 def describe(exc: BaseException) -> str:

@@ -292,6 +292,8 @@ pub struct MockState {
     sessions: Mutex<HashSet<String>>,
     legacy_sessions: Mutex<HashMap<String, mpsc::UnboundedSender<Value>>>,
     oauth: Arc<OAuthState>,
+    /// `tools/call` requests answered, by tool name, on either transport.
+    tool_calls: Mutex<HashMap<String, usize>>,
 }
 
 impl MockState {
@@ -327,6 +329,19 @@ impl MockState {
     /// The authorization server's records, and switches to provoke its failures.
     pub fn oauth(&self) -> &OAuthState {
         &self.oauth
+    }
+
+    /// How many `tools/call` requests of `tool` reached the mock.
+    pub fn tool_calls(&self, tool: &str) -> usize {
+        lock(&self.tool_calls).get(tool).copied().unwrap_or(0)
+    }
+
+    fn note_call(&self, request: &RpcRequest) {
+        if request.method == "tools/call"
+            && let Some(name) = request.params["name"].as_str()
+        {
+            *lock(&self.tool_calls).entry(name.to_owned()).or_default() += 1;
+        }
     }
 
     /// Waits until `open_streams()` equals `expected`; false if `within` passes first.
@@ -547,6 +562,7 @@ async fn post_mcp(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
     let Some(format) = reply_format(&headers, app.options.json_responses, streams_progress) else {
         return StatusCode::NOT_ACCEPTABLE.into_response();
     };
+    app.state.note_call(&request);
     let replies = respond(request, CallContext::from_headers(&headers));
     let response = match format {
         ReplyFormat::Sse => sse_response(&app, replies.map(|message| sse_message(&message))),
@@ -704,6 +720,7 @@ async fn legacy_message(
         Ok(Incoming::NotificationOrResponse) => return StatusCode::ACCEPTED.into_response(),
         Err(refusal) => return refusal,
     };
+    app.state.note_call(&request);
     let mut replies = respond(request, CallContext::from_headers(&headers));
     tokio::spawn(async move {
         while let Some(message) = replies.next().await {
