@@ -2,7 +2,7 @@
 
 CONFIG ?= gateway.toml
 
-.PHONY: run demo test lint deps bench mock
+.PHONY: run demo test lint deps bench fuzz mock
 
 ## Run the gateway on gateway.toml (release build).
 run: deps
@@ -32,6 +32,10 @@ mock:
 ## Load comparison: direct vs gateway vs nginx (release builds).
 bench: deps
 	benches/load.sh
+
+## Fuzz the parsers of untrusted input, a minute per target (cargo-fuzz, stable toolchain).
+fuzz: deps
+	scripts/fuzz.sh
 
 deps:
 	@scripts/install-deps.sh

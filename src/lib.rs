@@ -26,5 +26,9 @@ mod secret;
 mod store;
 mod token;
 
+// For the fuzz targets in fuzz/ and the corpus replay test; not a stable API.
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use config::{Config, ConfigError};
 pub use gateway::{Gateway, RunningGateway, StartError};

@@ -484,6 +484,8 @@ pub(crate) struct EndpointRewriter {
     origin: Origin,
     /// The route's base path without a trailing slash (empty for the origin's root).
     base_path: String,
+    /// The base URL's path ended with `/`, so an empty rest reads back with one.
+    base_trailing_slash: bool,
     /// The route's prefix without a trailing slash (empty for `/`).
     prefix: String,
 }
@@ -497,6 +499,7 @@ impl EndpointRewriter {
             sse_url,
             origin: upstream_base.origin(),
             base_path: base_path.strip_suffix('/').unwrap_or(base_path).to_owned(),
+            base_trailing_slash: base_path.len() > 1 && base_path.ends_with('/'),
             prefix: prefix.strip_suffix('/').unwrap_or(prefix).to_owned(),
         }
     }
@@ -518,25 +521,40 @@ impl EndpointRewriter {
         }
 
         // Below the base path, the rest goes after the prefix; anywhere else on the origin,
-        // the whole path goes after the root marker.
+        // the whole path goes after the root marker, which also carries what the short form
+        // cannot: the base path itself (an empty rest would read back with a trailing
+        // slash), a rest starting `//` (scheme-relative: another host), and at a route at
+        // `/`, a path the gateway keeps for its own pages.
         let path = target.path();
         let mut rewritten = String::with_capacity(self.prefix.len() + path.len() + 8);
         rewritten.push_str(&self.prefix);
-        match self.below_base(path) {
-            Some(rest) if root_path(rest).is_none() => rewritten.push_str(rest),
-            _ => {
+        let short = self
+            .below_base(path)
+            .filter(|rest| self.short_form_holds(rest));
+        match short {
+            Some(rest) => rewritten.push_str(rest),
+            None => {
                 rewritten.push_str(ROOT_MARKER);
                 rewritten.push_str(path);
             }
-        }
-        if rewritten.is_empty() {
-            rewritten.push('/');
         }
         if let Some(query) = target.query() {
             rewritten.push('?');
             rewritten.push_str(query);
         }
         Some(rewritten)
+    }
+
+    /// Whether `{prefix}{rest}` leads back to the same place through [`upstream_url`] and
+    /// the route table.
+    fn short_form_holds(&self, rest: &str) -> bool {
+        if rest.is_empty() {
+            // Only a bare prefix over a base without a trailing slash reads back as the base.
+            return !self.prefix.is_empty() && !self.base_trailing_slash;
+        }
+        !rest.starts_with("//")
+            && root_path(rest).is_none()
+            && !(self.prefix.is_empty() && crate::route::is_reserved(rest))
     }
 
     /// The part of `path` after the base path, if `path` is the base path or below it.
@@ -1116,7 +1134,41 @@ mod tests {
             Some("/message?sessionId=abc")
         );
         assert_eq!(r.rewrite("/messages/").as_deref(), Some("/~/messages/"));
-        assert_eq!(r.rewrite("/v1").as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn what_the_short_form_cannot_carry_goes_under_the_root_marker() {
+        let base = "https://mcp.example.com/v1";
+        let at_root = rewriter("https://mcp.example.com/v1/sse", base, "/");
+        let at_p = rewriter(
+            "https://mcp.example.com/v1/sse",
+            "https://mcp.example.com/v1/",
+            "/p",
+        );
+        // The base path itself: a bare `/` or `/p` would come back as `/v1/`, and `/` is the
+        // gateway's page.
+        assert_eq!(at_root.rewrite("/v1?s=1").as_deref(), Some("/~/v1?s=1"));
+        assert_eq!(at_p.rewrite("/v1").as_deref(), Some("/p/~/v1"));
+        // `//x` would send the client to the host `x`.
+        assert_eq!(
+            at_root.rewrite("/v1//x/message").as_deref(),
+            Some("/~/v1//x/message")
+        );
+        // The gateway's own paths stay the gateway's.
+        assert_eq!(
+            at_root.rewrite("/v1/auth/x").as_deref(),
+            Some("/~/v1/auth/x")
+        );
+        assert_eq!(
+            at_root.rewrite("/v1/metrics").as_deref(),
+            Some("/~/v1/metrics")
+        );
+        assert_eq!(at_p.rewrite("/v1/auth/x").as_deref(), Some("/p/auth/x"));
+
+        let url = Url::parse(base).expect("url");
+        for (rest, path) in [("/~/v1", "/v1"), ("/~/v1//x/message", "/v1//x/message")] {
+            assert_eq!(upstream_url(&url, rest, None).path(), path);
+        }
     }
 
     #[test]
