@@ -7,8 +7,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -34,8 +33,7 @@ async fn no_secret_reaches_logs_metrics_pages_or_error_bodies_even_at_trace() {
     )
     .expect("config");
     let log_path = dir.path().join("gateway.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-u2m-gateway"))
-        .env_remove("MCP_GATEWAY_CONFIG")
+    let mut child = support::process::gateway_command()
         .env("RUST_LOG", "trace")
         .args(["serve", "--log-format", "json", "--config"])
         .arg(&config)
@@ -43,12 +41,7 @@ async fn no_secret_reaches_logs_metrics_pages_or_error_bodies_even_at_trace() {
         .stderr(std::fs::File::create(&log_path).expect("log file"))
         .spawn()
         .expect("spawn serve");
-    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let base = stdout
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|line| line.split("listening on ").nth(1).map(str::to_owned))
-        .expect("address");
+    let base = support::process::listening_url(&mut child);
 
     let mut seen = Vec::new(); // every body and page the gateway answered
     let mut secrets = vec![API_KEY.to_owned()];

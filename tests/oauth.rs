@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use support::gateway::{TestGateway, start};
 use support::mock_upstream::{MockOptions, MockUpstream};
 use support::signin::{
-    browser, initialize, location, oauth_gateway, query, sign_in, start_sign_in, store_files,
+    approved_callback, browser, initialize, location, oauth_gateway, query, sign_in, start_sign_in,
+    store_files,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -79,13 +80,7 @@ async fn sign_in_through_the_gateway_then_clients_use_the_new_token() {
 async fn a_state_works_once_and_a_forged_one_never() {
     let upstream = MockUpstream::start(MockOptions::default()).await;
     let gateway = oauth_gateway(&upstream, "");
-    let start = start_sign_in(&gateway.url(), "up").await;
-    let approved = browser()
-        .get(location(&start))
-        .send()
-        .await
-        .expect("authorize");
-    let callback = location(&approved);
+    let callback = approved_callback(&gateway.url()).await;
 
     let first = browser()
         .get(callback.clone())
@@ -124,13 +119,7 @@ fn other_browser() -> reqwest::Client {
 async fn a_callback_in_another_browser_is_refused_and_stores_nothing() {
     let upstream = MockUpstream::start(MockOptions::default()).await;
     let gateway = oauth_gateway(&upstream, "");
-    let start = start_sign_in(&gateway.url(), "up").await;
-    let approved = browser()
-        .get(location(&start))
-        .send()
-        .await
-        .expect("authorize");
-    let callback = location(&approved);
+    let callback = approved_callback(&gateway.url()).await;
 
     // Someone who started a sign-in sends its callback link to a victim (login CSRF).
     let elsewhere = other_browser()
@@ -197,13 +186,7 @@ async fn the_start_page_moves_the_browser_to_the_public_url_and_sets_the_binding
 async fn a_callback_with_a_token_or_a_repeated_parameter_is_refused() {
     let upstream = MockUpstream::start(MockOptions::default()).await;
     let gateway = oauth_gateway(&upstream, "");
-    let start = start_sign_in(&gateway.url(), "up").await;
-    let approved = browser()
-        .get(location(&start))
-        .send()
-        .await
-        .expect("authorize");
-    let callback = location(&approved);
+    let callback = approved_callback(&gateway.url()).await;
     let real = callback.query().expect("query").to_owned();
 
     let in_url = "in its URL, but the gateway asks only for an authorization code";

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -52,12 +51,7 @@ async fn under_umask_000_the_store_is_0700_and_its_files_0600() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), &upstream);
     let mut child = serve_under_umask_000(&config);
-    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let base = stdout
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|line| line.split("listening on ").nth(1).map(str::to_owned))
-        .expect("address");
+    let base = support::process::listening_url(&mut child);
 
     let start = start_sign_in(&base, "up").await;
     let approved = browser()

@@ -5,9 +5,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -71,8 +70,7 @@ async fn post(base: &str, key: Option<&str>, body: &Value) -> reqwest::Response 
 
 /// The gateway binary on `config` with `env` added; returns it and its base URL.
 fn serve(config: &Path, env: &[(&str, &str)]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-u2m-gateway"))
-        .env_remove("MCP_GATEWAY_CONFIG")
+    let mut child = support::process::gateway_command()
         .envs(env.iter().copied())
         .args(["serve", "--config"])
         .arg(config)
@@ -80,12 +78,7 @@ fn serve(config: &Path, env: &[(&str, &str)]) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn serve");
-    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let base = stdout
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|line| line.split("listening on ").nth(1).map(str::to_owned))
-        .expect("address");
+    let base = support::process::listening_url(&mut child);
     (child, base)
 }
 
@@ -131,8 +124,7 @@ response.remove = ["X-Mock"]
     );
 
     // Without the variable the gateway does not start, and says which one is missing.
-    let output = Command::new(env!("CARGO_BIN_EXE_mcp-u2m-gateway"))
-        .env_remove("MCP_GATEWAY_CONFIG")
+    let output = support::process::gateway_command()
         .env_remove("PLUGIN_TEST_API_KEY")
         .args(["check", "--config"])
         .arg(&path)

@@ -258,7 +258,11 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if this.request_done.swap(false, Ordering::Acquire) && this.phase == Phase::Body {
+        // A load first: most reads are not the first after a request, and a swap would
+        // write the flag's cache line on every one of them.
+        let done = this.request_done.load(Ordering::Relaxed)
+            && this.request_done.swap(false, Ordering::Acquire);
+        if done && this.phase == Phase::Body {
             this.phase = Phase::Idle;
             this.header_bytes = 0;
             this.header_end = HeaderEnd::default();

@@ -4,6 +4,7 @@
 pub mod gateway;
 pub mod interop;
 pub mod mock_upstream;
+pub mod process;
 pub mod signin;
 
 /// A complete MCP `initialize` request (id 1), as a client opening a session sends it.

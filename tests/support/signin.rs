@@ -80,6 +80,19 @@ pub fn query(url: &Url) -> HashMap<String, String> {
     url.query_pairs().into_owned().collect()
 }
 
+/// Starts a sign-in at `base` and lets the mock authorization server approve it; returns
+/// the callback URL the browser is sent back to, not yet visited.
+pub async fn approved_callback(base: &str) -> Url {
+    let start = start_sign_in(base, "up").await;
+    let approved = browser()
+        .get(location(&start))
+        .send()
+        .await
+        .expect("authorize");
+    assert_eq!(approved.status(), 302, "the mock approves at once");
+    location(&approved)
+}
+
 /// Runs a sign-in the way a browser would; returns the callback page's status and text.
 pub async fn sign_in(gateway: &TestGateway) -> (u16, String) {
     let start = start_sign_in(&gateway.url(), "up").await;
