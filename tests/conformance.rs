@@ -15,6 +15,9 @@
 //!
 //! The suite's server scenario `dns-rebinding-protection` runs against the gateway as the
 //! server: a route on `localhost` must refuse a rebound `Host`/`Origin` and serve its own.
+//! And every server scenario runs against the reference `server-everything`, directly and
+//! through a gateway route in front of it: no check that passes directly may fail through
+//! the gateway.
 
 mod support;
 
@@ -24,7 +27,7 @@ use std::process::Command;
 
 use serde_json::Value;
 use support::gateway::single_route;
-use support::interop::{conformance, node, python, repo_file};
+use support::interop::{NodeServer, conformance, node, python, repo_file, server_everything};
 use support::mock_upstream::{MockOptions, MockUpstream};
 
 /// Every scenario this test must see graded, by suite.
@@ -231,4 +234,81 @@ async fn the_gateway_passes_the_suites_dns_rebinding_scenario() {
     let grades = read_grades(&run);
     assert_eq!(grades.passed, 2, "{grades:?}");
     assert!(grades.problems.is_empty(), "{:?}", grades.problems);
+}
+
+/// Runs every server scenario against `url`; each check's status, by scenario and check id.
+async fn server_checks(url: String) -> BTreeMap<String, String> {
+    let out = tempfile::tempdir().expect("tempdir");
+    let (node, suite, dir) = (node(), conformance(), out.path().to_owned());
+    tokio::task::spawn_blocking(move || {
+        let output = Command::new(node)
+            .arg(suite)
+            .args(["server", "--url"])
+            .arg(&url)
+            .arg("--output-dir")
+            .arg(dir)
+            .output()
+            .expect("run the conformance suite");
+        println!("{url}:\n{}", String::from_utf8_lossy(&output.stdout));
+    })
+    .await
+    .expect("join");
+    let mut checks = BTreeMap::new();
+    for run in std::fs::read_dir(out.path()).expect("results") {
+        let run = run.expect("entry").path();
+        let name = run
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let scenario = &name[..name.len().saturating_sub(TIMESTAMP_SUFFIX.len())];
+        let text = std::fs::read_to_string(run.join("checks.json")).expect("checks.json");
+        let found: Vec<Value> = serde_json::from_str(&text).expect("checks are JSON");
+        for check in found {
+            let id = check["id"].as_str().unwrap_or_default();
+            let status = check["status"].as_str().unwrap_or_default().to_owned();
+            checks.insert(format!("{scenario} {id}"), status);
+        }
+    }
+    checks
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_front_of_server_everything_the_gateway_loses_no_server_check() {
+    let server = NodeServer::start(&server_everything(), &["streamableHttp"]);
+    let gateway = support::gateway::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nname = \"everything\"\n\
+             prefix = \"/everything\"\nupstream = \"{}\"\nauth = {{ kind = \"none\" }}\n",
+            server.url
+        ),
+        &[],
+    );
+    let port = gateway.running.local_addr().port();
+    let direct = server_checks(format!("{}/mcp", server.url)).await;
+    let through = server_checks(format!("http://localhost:{port}/everything/mcp")).await;
+
+    let passed_directly: Vec<&String> = direct
+        .iter()
+        .filter(|(_, status)| *status == "SUCCESS")
+        .map(|(check, _)| check)
+        .collect();
+    assert!(
+        passed_directly.len() >= 10,
+        "the reference server passes too little to compare: {direct:?}"
+    );
+    let lost: Vec<String> = passed_directly
+        .iter()
+        .filter(|check| through.get(**check).map(String::as_str) != Some("SUCCESS"))
+        .map(|check| format!("{check}: {:?}", through.get(*check)))
+        .collect();
+    assert!(lost.is_empty(), "checks lost through the gateway: {lost:?}");
+    println!(
+        "server checks passed: {} directly, {} through the gateway",
+        passed_directly.len(),
+        through
+            .values()
+            .filter(|status| *status == "SUCCESS")
+            .count()
+    );
 }

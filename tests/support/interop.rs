@@ -56,6 +56,57 @@ pub fn conformance() -> PathBuf {
     )
 }
 
+/// The entry point of `@modelcontextprotocol/server-everything`, the reference MCP server.
+pub fn server_everything() -> PathBuf {
+    installed(
+        node_packages().join("node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
+        "the reference server-everything",
+        "scripts/interop-node.sh",
+    )
+}
+
+/// A Node server started for a test, listening on loopback; killed when dropped.
+pub struct NodeServer {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl NodeServer {
+    /// Runs `script` with `args` under Node 22, held to 127.0.0.1 and a port the system
+    /// picks by `tests/interop/loopback.cjs`.
+    pub fn start(script: &std::path::Path, args: &[&str]) -> NodeServer {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(node())
+            .arg("--require")
+            .arg(repo_file("tests/interop/loopback.cjs"))
+            .arg(script)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the Node server");
+        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut lines = stderr.lines().map_while(Result::ok);
+        let address = lines
+            .find_map(|line| line.strip_prefix("listening on ").map(str::to_owned))
+            .expect("the server says where it listens");
+        // Keep reading, so a chatty server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        NodeServer {
+            child,
+            url: format!("http://{address}"),
+        }
+    }
+}
+
+impl Drop for NodeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A file of this repository, by its path from the root.
 pub fn repo_file(relative: &str) -> PathBuf {
     installed(repo_path(relative), relative, "git checkout")
