@@ -1,5 +1,7 @@
 //! A real MCP client that nobody here wrote: the official Python SDK, driven through the
-//! gateway over both transports against the mock upstream.
+//! gateway over both transports against the mock upstream, and against a real server
+//! nobody here wrote either, the reference `server-everything`, in its Streamable HTTP and
+//! its legacy SSE mode.
 //!
 //! The client runs from the virtualenv that `scripts/interop-venv.sh` prepares (the README's
 //! test command and CI run it first); `INTEROP_PYTHON` may name another interpreter.
@@ -10,7 +12,7 @@ use std::process::Command;
 
 use serde_json::Value;
 use support::gateway::single_route;
-use support::interop::{python, repo_file};
+use support::interop::{NodeServer, python, repo_file, server_everything};
 use support::mock_upstream::{MockOptions, MockUpstream};
 
 const TOKEN: &str = "interop-upstream-token";
@@ -145,4 +147,49 @@ async fn python_sdk_sees_only_allowed_tools_over_streamable_http() {
 #[tokio::test(flavor = "multi_thread")]
 async fn python_sdk_sees_only_allowed_tools_over_legacy_sse() {
     check_tool_filter("sse", "/mock/sse").await;
+}
+
+/// The reference `server-everything` in `mode` behind a bearer route; the SDK client goes
+/// through the gateway at `path` over `transport`.
+async fn check_server_everything(mode: &str, transport: &str, path: &str) {
+    let server = NodeServer::start(&server_everything(), &[mode]);
+    let gateway = single_route("/everything", &server.url, TOKEN, "");
+    let url = format!("{}{path}", gateway.url());
+    let transport_owned = transport.to_owned();
+    let summary = tokio::task::spawn_blocking(move || {
+        let slow_args = r#"{"duration": 0.3, "steps": 3}"#;
+        run_client(
+            &transport_owned,
+            &url,
+            &[
+                "--echo-arg",
+                "message",
+                "--slow-tool",
+                "trigger-long-running-operation",
+                "--slow-args",
+                slow_args,
+            ],
+        )
+    })
+    .await
+    .expect("client thread");
+    assert_eq!(
+        summary["echo"], "Echo: hello through the gateway",
+        "{summary}"
+    );
+    assert_eq!(summary["progress"], 3, "{summary}");
+    let done = summary["slow_result"].as_str().expect("result");
+    assert!(done.contains("Steps: 3"), "{summary}");
+    let tools = summary["tools"].as_array().expect("tools");
+    assert!(tools.len() > 5, "the reference server's tools: {summary}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_client_reaches_server_everything_over_streamable_http() {
+    check_server_everything("streamableHttp", "streamable", "/everything/mcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_client_reaches_server_everything_over_legacy_sse() {
+    check_server_everything("sse", "sse", "/everything/sse").await;
 }

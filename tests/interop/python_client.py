@@ -12,6 +12,8 @@ notifications, and prints one JSON line that the calling test checks:
 
 With `--call-blocked NAME` it also calls the tool NAME, which the gateway is
 expected to refuse, and reports the JSON-RPC error as "blocked": {"code", "message"}.
+`--echo-tool`, `--echo-arg`, `--slow-tool` and `--slow-args` name the tools and
+arguments of servers other than the gateway's mock upstream.
 
 Any failure ends the process with status 1 and a one-line reason on stderr;
 bad arguments end it with status 2. The whole run is bounded by a timeout so
@@ -19,7 +21,8 @@ a stuck stream fails the test instead of hanging it.
 
 Usage:
     python_client.py --transport streamable|sse --url URL [--expect-tool NAME]...
-                     [--call-blocked NAME]
+                     [--call-blocked NAME] [--echo-tool NAME] [--echo-arg KEY]
+                     [--slow-tool NAME] [--slow-args JSON]
 """
 
 from __future__ import annotations
@@ -59,6 +62,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=[],
         metavar="NAME",
         help="fail unless tools/list contains NAME (repeatable)",
+    )
+    parser.add_argument("--echo-tool", default="echo", help="the tool that echoes")
+    parser.add_argument("--echo-arg", default="text", help="the echo tool's argument")
+    parser.add_argument("--slow-tool", default="slow_stream", help="a tool with progress")
+    parser.add_argument(
+        "--slow-args",
+        type=json.loads,
+        default=SLOW_ARGS,
+        help="the progress tool's arguments, as JSON",
     )
     parser.add_argument(
         "--call-blocked",
@@ -153,7 +165,7 @@ async def run_session(args: argparse.Namespace) -> dict[str, Any]:
         if missing:
             raise InteropFailure(f"tools/list lacks expected tools {missing}; got {sorted(tools)}")
 
-        echo = await session.call_tool("echo", {"text": ECHO_TEXT})
+        echo = await session.call_tool(args.echo_tool, {args.echo_arg: ECHO_TEXT})
 
         progress_seen = 0
 
@@ -161,15 +173,17 @@ async def run_session(args: argparse.Namespace) -> dict[str, Any]:
             nonlocal progress_seen
             progress_seen += 1
 
-        slow = await session.call_tool("slow_stream", dict(SLOW_ARGS), progress_callback=on_progress)
+        slow = await session.call_tool(
+            args.slow_tool, dict(args.slow_args), progress_callback=on_progress
+        )
 
         report = {
             "transport": args.transport,
             "server_name": init.server_info.name,
             "tools": sorted(tools),
-            "echo": result_text("echo", echo),
+            "echo": result_text(args.echo_tool, echo),
             "progress": progress_seen,
-            "slow_result": result_text("slow_stream", slow),
+            "slow_result": result_text(args.slow_tool, slow),
         }
         if args.call_blocked:
             try:
