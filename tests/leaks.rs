@@ -12,7 +12,7 @@ use std::process::Stdio;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::mock_upstream::{MockOptions, MockUpstream};
-use support::signin::{browser, location, start_sign_in};
+use support::signin::{approved_callback, browser};
 
 const API_KEY: &str = "leak-test-api-key-6f1d2c8e9a7b4d3f";
 
@@ -47,14 +47,8 @@ async fn no_secret_reaches_logs_metrics_pages_or_error_bodies_even_at_trace() {
     let mut secrets = vec![API_KEY.to_owned()];
 
     // Sign in the way a browser does.
-    let start = start_sign_in(&base, "up").await;
-    let approved = browser()
-        .get(location(&start))
-        .send()
-        .await
-        .expect("authorize");
     let done = browser()
-        .get(location(&approved))
+        .get(approved_callback(&base).await)
         .send()
         .await
         .expect("callback");

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use support::mock_upstream::{MockOptions, MockUpstream};
-use support::signin::{browser, location, start_sign_in};
+use support::signin::{approved_callback, browser};
 
 fn write_config(dir: &Path, upstream: &MockUpstream) -> std::path::PathBuf {
     let config = dir.join("gateway.toml");
@@ -53,14 +53,8 @@ async fn under_umask_000_the_store_is_0700_and_its_files_0600() {
     let mut child = serve_under_umask_000(&config);
     let base = support::process::listening_url(&mut child);
 
-    let start = start_sign_in(&base, "up").await;
-    let approved = browser()
-        .get(location(&start))
-        .send()
-        .await
-        .expect("authorize");
     let done = browser()
-        .get(location(&approved))
+        .get(approved_callback(&base).await)
         .send()
         .await
         .expect("callback");

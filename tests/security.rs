@@ -81,6 +81,39 @@ async fn scrape(gateway: &TestGateway) -> String {
         .expect("text")
 }
 
+/// A `GET` of the mock's silent event stream, with the API key `key` when given.
+async fn open_stream(gateway: &TestGateway, key: Option<&str>) -> reqwest::Response {
+    let mut request = client()
+        .get(format!("{}/up/silent", gateway.url()))
+        .header("accept", "text/event-stream");
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    request.send().await.expect("stream")
+}
+
+/// Asserts that `response` is the gateway's JSON error: `status`, the error `code`, and a
+/// message that names the setting `names`.
+async fn assert_refused(response: reqwest::Response, status: u16, code: &str, names: &str) {
+    assert_eq!(response.status(), status);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"], code);
+    let message = body["message"].as_str().expect("message");
+    assert!(message.contains(names), "{body}");
+}
+
+/// Waits until a stream opens again: a closed one gave its place back.
+async fn until_a_stream_opens(gateway: &TestGateway, key: Option<&str>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while open_stream(gateway, key).await.status() != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 async fn send(
     gateway: &TestGateway,
     method: &str,
@@ -260,15 +293,7 @@ async fn bodies_over_the_routes_limit_get_413_with_or_without_a_length() {
         .send()
         .await
         .expect("post");
-    assert_eq!(declared.status(), 413);
-    let body: Value = declared.json().await.expect("json");
-    assert_eq!(body["error"], "body_too_large");
-    assert!(
-        body["message"]
-            .as_str()
-            .expect("message")
-            .contains("max_body_bytes")
-    );
+    assert_refused(declared, 413, "body_too_large", "max_body_bytes").await;
     assert_eq!(upstream.state().total_requests(), 0);
 
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big
@@ -400,28 +425,14 @@ async fn a_key_for_one_route_opens_no_other_and_no_key_reaches_an_upstream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn streams_past_the_gateways_bound_get_503_and_other_traffic_carries_on() {
     let (upstream, gateway) = gateway_with("max_streams = 2").await;
-    let open = || {
-        client()
-            .get(format!("{}/up/silent", gateway.url()))
-            .header("accept", "text/event-stream")
-            .send()
-    };
-    let first = open().await.expect("stream");
-    let second = open().await.expect("stream");
+    let first = open_stream(&gateway, None).await;
+    let second = open_stream(&gateway, None).await;
     assert_eq!(
         (first.status().as_u16(), second.status().as_u16()),
         (200, 200)
     );
-    let third = open().await.expect("stream");
-    assert_eq!(third.status(), 503);
-    let body: Value = third.json().await.expect("json");
-    assert_eq!(body["error"], "too_many_streams");
-    assert!(
-        body["message"]
-            .as_str()
-            .expect("message")
-            .contains("max_streams")
-    );
+    let third = open_stream(&gateway, None).await;
+    assert_refused(third, 503, "too_many_streams", "max_streams").await;
 
     assert_eq!(
         initialize(&gateway).await,
@@ -431,18 +442,7 @@ async fn streams_past_the_gateways_bound_get_503_and_other_traffic_carries_on() 
 
     // A stream that ends frees its place.
     drop(first);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let again = open().await.expect("stream");
-        if again.status() == 200 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the place was never freed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    until_a_stream_opens(&gateway, None).await;
     assert!(upstream.state().open_streams() <= 2);
 }
 
@@ -592,43 +592,23 @@ async fn one_client_cannot_take_every_stream_and_others_still_get_theirs() {
         key_hash(bob)
     ))
     .await;
-    let open = |key: &'static str| {
-        client()
-            .get(format!("{}/up/silent", gateway.url()))
-            .header("accept", "text/event-stream")
-            .bearer_auth(key)
-            .send()
-    };
-    let first = open(alice).await.expect("stream");
-    let second = open(alice).await.expect("stream");
+    let first = open_stream(&gateway, Some(alice)).await;
+    let second = open_stream(&gateway, Some(alice)).await;
     assert_eq!(
         (first.status().as_u16(), second.status().as_u16()),
         (200, 200)
     );
-    let third = open(alice).await.expect("stream");
-    assert_eq!(third.status(), 429);
-    let body: Value = third.json().await.expect("json");
-    assert_eq!(body["error"], "too_many_streams");
-    assert!(
-        body["message"]
-            .as_str()
-            .expect("message")
-            .contains("max_streams_per_client"),
-        "{body}"
-    );
+    let third = open_stream(&gateway, Some(alice)).await;
+    assert_refused(third, 429, "too_many_streams", "max_streams_per_client").await;
 
     // Another key is another client, from the same address.
-    let bobs = open(bob).await.expect("stream");
+    let bobs = open_stream(&gateway, Some(bob)).await;
     assert_eq!(bobs.status(), 200);
     assert!(scrape(&gateway).await.contains("limit=\"client_streams\""));
 
     // A stream that ends gives its client the place back.
     drop(first);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while open(alice).await.expect("stream").status() != 200 {
-        assert!(std::time::Instant::now() < deadline, "never freed");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    until_a_stream_opens(&gateway, Some(alice)).await;
     assert!(upstream.state().open_streams() <= 4);
 }
 
