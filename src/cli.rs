@@ -61,6 +61,13 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Tell the running gateway to read its configuration file again and apply the routes.
+    Reload {
+        #[command(flatten)]
+        output: JsonArg,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Make a new API key for a client, and print the line that lets it in.
     Keygen,
     /// Sign a route out (or every OAuth route), removing its stored tokens.
@@ -135,6 +142,9 @@ impl Cli {
                 output,
                 config,
             } => load(&config).and_then(|c| admin::refresh(&c, &route, output.json)),
+            Command::Reload { output, config } => {
+                load(&config).and_then(|c| admin::reload(&c, output.json))
+            }
             Command::Clear {
                 route,
                 registration,

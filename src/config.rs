@@ -64,7 +64,7 @@ pub enum ConfigSource {
 }
 
 /// The `[server]` section: the listener and everything about the downstream side.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ServerConfig {
     pub(crate) listen: SocketAddr,
     /// The base URL browsers and MCP clients use to reach the gateway; OAuth redirect
@@ -136,8 +136,8 @@ pub(crate) enum StoreKind {
     File,
 }
 
-/// One `[[routes]]` table.
-#[derive(Debug, Clone)]
+/// One `[[routes]]` table. Two are equal when a reload can keep the route as it runs.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct RouteConfig {
     pub(crate) name: String,
     /// `/` or `/segment[/segment…]` without a trailing slash.
@@ -164,6 +164,15 @@ pub(crate) struct RouteConfig {
 pub(crate) struct PluginConfig {
     pub(crate) kind: &'static str,
     pub(crate) spec: std::sync::Arc<dyn crate::plugin::Spec>,
+    /// SHA-256 of the settings table as written, which tells a reload whether they changed
+    /// without keeping values (a header's, say) around.
+    pub(crate) settings_digest: [u8; 32],
+}
+
+impl PartialEq for PluginConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.settings_digest == other.settings_digest
+    }
 }
 
 /// How the gateway authenticates to a route's upstream.

@@ -191,7 +191,7 @@ async fn readiness(session: &mut Session, shared: &Shared) -> pingora::Result<u1
 
 async fn metrics(session: &mut Session, shared: &Shared) -> pingora::Result<u16> {
     let now = status::unix_now() as i64;
-    for (name, route) in &shared.oauth {
+    for (name, route) in &shared.routing().oauth {
         let expires_at = route
             .tokens()
             .filter(|_| route.status() == crate::oauth::SlotStatus::SignedIn)
@@ -207,7 +207,7 @@ async fn metrics(session: &mut Session, shared: &Shared) -> pingora::Result<u16>
 /// points at this gateway there.
 fn metadata_document(shared: &Shared, path: &str) -> Option<serde_json::Value> {
     let ours = shared.public_url.origin();
-    shared.oauth.values().find_map(|route| {
+    shared.routing().oauth.values().find_map(|route| {
         let url = route.client_metadata_url.as_ref()?;
         (url.origin() == ours && url.path() == path)
             .then(|| crate::oauth::registration::metadata_document(route))
@@ -215,8 +215,8 @@ fn metadata_document(shared: &Shared, path: &str) -> Option<serde_json::Value> {
     })
 }
 
-fn oauth_route<'a>(shared: &'a Shared, name: &str) -> Option<&'a Arc<OAuthRoute>> {
-    shared.oauth.get(name)
+fn oauth_route(shared: &Shared, name: &str) -> Option<Arc<OAuthRoute>> {
+    shared.routing().oauth_route(name).cloned()
 }
 
 /// Signs a route out, from the UI's form.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::connectors::http::Connector;
 use pingora::server::configuration::ServerConf;
@@ -37,6 +38,8 @@ use crate::proxy::upstream::{Timeouts, Upstream};
 use crate::route::{Route, RouteTable};
 use crate::store::{FileStore, TokenStore};
 use crate::token::{NoToken, StaticToken, TokenError, TokenSource};
+
+pub(crate) mod reload;
 
 /// How long a terminating gateway waits for requests in flight before it closes them.
 const DRAIN_BOUND: Duration = Duration::from_secs(10);
@@ -85,16 +88,19 @@ pub enum StartError {
 /// Everything requests share: routes, settings, the upstream connector and counters.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) routes: RouteTable,
-    pub(crate) inbound: Inbound,
+    /// The routes in force; a reload swaps in a new set while requests keep the one they
+    /// started with.
+    routing: ArcSwap<Routing>,
+    /// Bumped after each swap, so the refreshers follow the routes.
+    pub(crate) routing_changed: tokio::sync::watch::Sender<u64>,
+    /// One reload at a time.
+    pub(crate) reloading: tokio::sync::Mutex<()>,
     pub(crate) keepalive: Option<Duration>,
     pub(crate) connector: ConnectorDebug,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) inflight: Inflight,
     pub(crate) public_url: Url,
     pub(crate) draining: AtomicBool,
-    /// The OAuth routes by name, for the sign-in pages and the refreshers.
-    pub(crate) oauth: HashMap<String, Arc<OAuthRoute>>,
     pub(crate) flows: PendingFlows,
     pub(crate) admin: AdminAuth,
     /// Event streams relayed right now, against the gateway's and each client's bound.
@@ -109,6 +115,43 @@ pub(crate) struct Shared {
     pub(crate) csrf: crate::secret::Secret,
     /// Legacy streams relayed here, for answers the gateway gives their clients itself.
     pub(crate) legacy: Arc<crate::proxy::legacy::LegacyStreams>,
+}
+
+impl Shared {
+    /// The routes in force now.
+    pub(crate) fn routing(&self) -> Arc<Routing> {
+        self.routing.load_full()
+    }
+
+    /// Puts `routing` in force for every request from now on.
+    pub(crate) fn install(&self, routing: Routing) {
+        self.routing.store(Arc::new(routing));
+        self.routing_changed
+            .send_modify(|generation| *generation += 1);
+    }
+}
+
+/// One version of the routes: what a request is routed by from start to end.
+#[derive(Debug)]
+pub(crate) struct Routing {
+    /// The configuration the routes were built from.
+    pub(crate) config: Config,
+    pub(crate) table: RouteTable,
+    /// The OAuth routes by name, for the sign-in pages and the refreshers.
+    pub(crate) oauth: HashMap<String, Arc<OAuthRoute>>,
+    pub(crate) inbound: Inbound,
+    /// The token store, opened with the first OAuth route.
+    pub(crate) store: Option<Arc<dyn TokenStore>>,
+}
+
+impl Routing {
+    pub(crate) fn oauth_route(&self, name: &str) -> Option<&Arc<OAuthRoute>> {
+        self.oauth.get(name)
+    }
+
+    pub(crate) fn route(&self, name: &str) -> Option<&Arc<Route>> {
+        self.table.routes().find(|route| route.name == name)
+    }
 }
 
 /// Pingora's connector, which has no `Debug` of its own.
@@ -275,13 +318,10 @@ impl Gateway {
             inner: service,
             sockets,
         });
-        if !self.shared.oauth.is_empty() {
-            let refreshers = Refreshers(self.shared.oauth.values().cloned().collect());
-            server.add_service(pingora::services::background::background_service(
-                "token refreshers",
-                refreshers,
-            ));
-        }
+        server.add_service(pingora::services::background::background_service(
+            "token refreshers",
+            Refreshers(Arc::clone(&self.shared)),
+        ));
         server
     }
 }
@@ -331,34 +371,20 @@ pub(crate) fn offline(config: &Config) -> Result<Arc<Shared>, StartError> {
 }
 
 fn build_shared(config: &Config) -> Result<Shared, StartError> {
-    let timeouts = Timeouts {
-        connect: config.server.connect_timeout,
-        read: config.server.read_timeout,
-    };
     let metrics = Arc::new(Metrics::new());
-    let oauth = build_oauth_routes(config, &metrics)?;
-    let routes = config
-        .routes
-        .iter()
-        .map(|route| {
-            let identity = &config.server.identity_headers;
-            build_route(route, timeouts, identity, oauth.get(&route.name)).map(Arc::new)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let (routing, fresh, _) = build_routing(config.clone(), &metrics, None)?;
+    load_stored_tokens(fresh.iter())?;
+    let (routing_changed, _) = tokio::sync::watch::channel(0);
     Ok(Shared {
-        routes: RouteTable::new(routes),
-        inbound: Inbound::new(
-            config.server.api_keys.clone(),
-            config.routes.iter().any(|route| !route.api_keys.is_empty()),
-            config.server.identity_headers.clone(),
-        ),
+        routing: ArcSwap::from_pointee(routing),
+        routing_changed,
+        reloading: tokio::sync::Mutex::new(()),
         keepalive: config.server.sse_keepalive,
         connector: ConnectorDebug(Connector::new(None)),
         metrics,
         inflight: Inflight::default(),
         public_url: config.server.public_url.clone(),
         draining: AtomicBool::new(false),
-        oauth,
         flows: PendingFlows::new(config.server.sign_in_timeout),
         admin: AdminAuth::new(&config.admin).map_err(StartError::AdminToken)?,
         admin_listener: config.admin.listen,
@@ -381,40 +407,130 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
     })
 }
 
-/// One [`OAuthRoute`] per route with `auth.kind = "oauth"`, with its stored tokens loaded.
-fn build_oauth_routes(
-    config: &Config,
+/// What a new set of routes did with each route of the one before.
+#[derive(Debug, Default, serde::Serialize)]
+pub(crate) struct RouteChanges {
+    pub(crate) added: Vec<String>,
+    pub(crate) removed: Vec<String>,
+    pub(crate) changed: Vec<String>,
+    pub(crate) unchanged: Vec<String>,
+}
+
+/// Builds the routes of `config`, keeping what it can of `previous`: a route configured
+/// exactly as before is the same running route (its plugins' state, its upstream's DNS
+/// cache), and an OAuth route whose upstream and auth settings are the same keeps its
+/// tokens in memory and its refresher. Also returns the OAuth routes that are new, whose
+/// stored tokens still have to be loaded.
+pub(crate) fn build_routing(
+    config: Config,
     metrics: &Arc<Metrics>,
-) -> Result<HashMap<String, Arc<OAuthRoute>>, StartError> {
-    let oauth_configs: Vec<_> = config
-        .routes
-        .iter()
-        .filter_map(|route| match &route.auth {
-            RouteAuth::OAuth(settings) => Some((route, settings)),
-            _ => None,
-        })
-        .collect();
-    if oauth_configs.is_empty() {
-        return Ok(HashMap::new());
+    previous: Option<&Routing>,
+) -> Result<(Routing, Vec<Arc<OAuthRoute>>, RouteChanges), StartError> {
+    let timeouts = Timeouts {
+        connect: config.server.connect_timeout,
+        read: config.server.read_timeout,
+    };
+    let mut store = previous.and_then(|previous| previous.store.clone());
+    let mut oauth = HashMap::new();
+    let mut fresh = Vec::new();
+    let mut routes = Vec::with_capacity(config.routes.len());
+    let mut changes = RouteChanges::default();
+    for route in &config.routes {
+        let before = previous.and_then(|previous| {
+            let config = previous
+                .config
+                .routes
+                .iter()
+                .find(|r| r.name == route.name)?;
+            Some((previous, config))
+        });
+        let kept_oauth = before
+            .filter(|(_, config)| same_oauth_slot(config, route))
+            .and_then(|(previous, _)| previous.oauth_route(&route.name).cloned());
+        if let RouteAuth::OAuth(settings) = &route.auth {
+            let kept = match kept_oauth {
+                Some(kept) => kept,
+                None => {
+                    let store = match &store {
+                        Some(store) => Arc::clone(store),
+                        None => {
+                            let opened = open_store(&config)?;
+                            store = Some(Arc::clone(&opened));
+                            opened
+                        }
+                    };
+                    let created = Arc::new(OAuthRoute::new(
+                        route,
+                        (**settings).clone(),
+                        store,
+                        oauth_http_client(route)?,
+                        Arc::clone(metrics),
+                        &config.server.public_url,
+                    ));
+                    fresh.push(Arc::clone(&created));
+                    created
+                }
+            };
+            oauth.insert(route.name.clone(), kept);
+        }
+        let same = before.filter(|(_, config)| *config == route);
+        let running = same.and_then(|(previous, _)| previous.route(&route.name).cloned());
+        let list = match (&before, &running) {
+            (None, _) => &mut changes.added,
+            (Some(_), Some(_)) => &mut changes.unchanged,
+            (Some(_), None) => &mut changes.changed,
+        };
+        list.push(route.name.clone());
+        let running = match running {
+            Some(running) => running,
+            None => {
+                let identity = &config.server.identity_headers;
+                Arc::new(build_route(
+                    route,
+                    timeouts,
+                    identity,
+                    oauth.get(&route.name),
+                )?)
+            }
+        };
+        routes.push(running);
     }
+    if let Some(previous) = previous {
+        changes.removed = previous
+            .config
+            .routes
+            .iter()
+            .filter(|old| !config.routes.iter().any(|new| new.name == old.name))
+            .map(|old| old.name.clone())
+            .collect();
+    }
+    let inbound = Inbound::new(
+        config.server.api_keys.clone(),
+        config.routes.iter().any(|route| !route.api_keys.is_empty()),
+        config.server.identity_headers.clone(),
+    );
+    let routing = Routing {
+        table: RouteTable::new(routes),
+        oauth,
+        inbound,
+        store,
+        config,
+    };
+    Ok((routing, fresh, changes))
+}
+
+/// Whether `after` signs in to the same place as `before`, so that its tokens still apply.
+fn same_oauth_slot(before: &RouteConfig, after: &RouteConfig) -> bool {
+    matches!(after.auth, RouteAuth::OAuth(_))
+        && before.auth == after.auth
+        && before.upstream_text == after.upstream_text
+        && before.ca_file == after.ca_file
+}
+
+fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StartError> {
     let store = FileStore::new(config.store.dir.clone()).map_err(StartError::Store)?;
     tracing::info!(dir = %store.dir().display(), "token store");
-    let store: Arc<dyn TokenStore> = Arc::new(store);
-    let mut routes = HashMap::new();
-    for (route, settings) in oauth_configs {
-        let http = oauth_http_client(route)?;
-        let oauth = OAuthRoute::new(
-            route,
-            (**settings).clone(),
-            Arc::clone(&store),
-            http,
-            Arc::clone(metrics),
-            &config.server.public_url,
-        );
-        routes.insert(route.name.clone(), Arc::new(oauth));
-    }
-    load_stored_tokens(routes.values())?;
-    Ok(routes)
+    Ok(Arc::new(store))
 }
 
 /// The client for discovery, registration and token requests of one route: it trusts the
@@ -558,20 +674,37 @@ fn bind(addr: SocketAddr) -> Result<(OwnedFd, SocketAddr), StartError> {
     Ok((OwnedFd::from(listener), local))
 }
 
-/// One refresher task per OAuth route, for as long as the gateway runs.
-struct Refreshers(Vec<Arc<OAuthRoute>>);
+/// One refresher task per OAuth route in force. After a reload it starts the tasks of new
+/// OAuth routes and stops those of routes that are gone; a route that a reload kept keeps
+/// its task.
+struct Refreshers(Arc<Shared>);
 
 #[async_trait]
 impl pingora::services::background::BackgroundService for Refreshers {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let tasks: Vec<_> = self
-            .0
-            .iter()
-            .map(|route| tokio::spawn(crate::oauth::refresher::run(Arc::clone(route))))
-            .collect();
-        let _ = shutdown.changed().await;
-        for task in tasks {
-            task.abort();
+        let mut changed = self.0.routing_changed.subscribe();
+        // Dropping a route's sender stops its task the next time it waits.
+        let mut running: Vec<(Arc<OAuthRoute>, tokio::sync::oneshot::Sender<()>)> = Vec::new();
+        loop {
+            let routing = self.0.routing();
+            running.retain(|(route, _)| {
+                routing
+                    .oauth
+                    .values()
+                    .any(|current| Arc::ptr_eq(current, route))
+            });
+            for route in routing.oauth.values() {
+                if !running.iter().any(|(known, _)| Arc::ptr_eq(known, route)) {
+                    let (stop, stopped) = tokio::sync::oneshot::channel();
+                    tokio::spawn(crate::oauth::refresher::run(Arc::clone(route), stopped));
+                    running.push((Arc::clone(route), stop));
+                }
+            }
+            drop(routing);
+            tokio::select! {
+                changed = changed.changed() => if changed.is_err() { break },
+                _ = shutdown.changed() => break,
+            }
         }
     }
 }
@@ -618,8 +751,8 @@ impl<S: ServiceWithDependents> ServiceWithDependents for Prebound<S> {
     }
 }
 
-/// SIGTERM or SIGINT: drain requests in flight (bounded), then stop; a second signal stops
-/// at once.
+/// SIGHUP: reload the configuration. SIGTERM or SIGINT: drain requests in flight (bounded),
+/// then stop; a second signal stops at once.
 struct UnixSignals {
     shared: Arc<Shared>,
 }
@@ -628,16 +761,23 @@ struct UnixSignals {
 impl ShutdownSignalWatch for UnixSignals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             tracing::error!("cannot install signal handlers; stop the gateway with SIGKILL");
             return std::future::pending().await;
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    // The outcome is logged and counted; a refused file changes nothing.
+                    let _ = reload::reload(&self.shared).await;
+                }
+            }
         }
         self.shared.draining.store(true, Ordering::Relaxed);
         let inflight = self.shared.inflight.count();

@@ -6,7 +6,8 @@
 //! exported as the standard `process_*` metrics.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the gateway exports.
@@ -24,6 +25,8 @@ pub(crate) struct Metrics {
     body_bytes: IntCounterVec,
     token_expiry: IntGaugeVec,
     limited: IntCounterVec,
+    refreshers: IntGauge,
+    reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -105,6 +108,19 @@ impl Metrics {
             &["route", "limit"],
         )
         .expect("static metric definition");
+        let refreshers = IntGauge::new(
+            "token_refreshers",
+            "Token refresher tasks running: one per OAuth route in force",
+        )
+        .expect("static metric definition");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "config_reloads_total",
+                "Configuration reloads by outcome (ok, invalid)",
+            ),
+            &["outcome"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -115,6 +131,8 @@ impl Metrics {
             Box::new(body_bytes.clone()),
             Box::new(token_expiry.clone()),
             Box::new(limited.clone()),
+            Box::new(refreshers.clone()),
+            Box::new(reloads.clone()),
         ] {
             registry
                 .register(collector)
@@ -132,6 +150,8 @@ impl Metrics {
             body_bytes,
             token_expiry,
             limited,
+            refreshers,
+            reloads,
         }
         .with_process_metrics()
     }
@@ -218,11 +238,22 @@ impl Metrics {
         self.upstream_errors.with_label_values(&[route, kind]).inc();
     }
 
+    /// Counts a running refresher task until the returned guard is dropped.
+    pub(crate) fn refresher_running(&self) -> CountGuard {
+        self.refreshers.inc();
+        CountGuard(self.refreshers.clone())
+    }
+
+    /// Counts a reload: `ok` or `invalid`.
+    pub(crate) fn reload(&self, outcome: &str) {
+        self.reloads.with_label_values(&[outcome]).inc();
+    }
+
     /// Counts an open stream until the returned guard is dropped.
-    pub(crate) fn stream_opened(&self, route: &str) -> StreamGuard {
+    pub(crate) fn stream_opened(&self, route: &str) -> CountGuard {
         let gauge = self.open_streams.with_label_values(&[route]);
         gauge.inc();
-        StreamGuard(gauge)
+        CountGuard(gauge)
     }
 
     /// The Prometheus text exposition of every metric.
@@ -236,11 +267,11 @@ impl Metrics {
     }
 }
 
-/// Keeps a stream counted in `open_sse_streams` while it lives.
+/// Keeps something counted in a gauge (an open stream, a running task) while it lives.
 #[derive(Debug)]
-pub(crate) struct StreamGuard(prometheus::IntGauge);
+pub(crate) struct CountGuard(prometheus::IntGauge);
 
-impl Drop for StreamGuard {
+impl Drop for CountGuard {
     fn drop(&mut self) {
         self.0.dec();
     }

@@ -32,6 +32,7 @@ use url::Url;
 
 use crate::control::Plane;
 use crate::gateway::{InflightGuard, Shared};
+use crate::proxy::inbound::Inbound;
 use crate::route::{Destination, Route};
 use crate::token::{AccessToken, TokenError};
 use inbound::Client;
@@ -136,7 +137,8 @@ impl ProxyHttp for GatewayProxy {
             ctx.answered = Some(status);
             return Ok(true);
         }
-        let status = match self.shared.routes.lookup(&path) {
+        let routing = self.shared.routing();
+        let status = match routing.table.lookup(&path) {
             Destination::Control => {
                 let plane = match self.shared.admin_listener {
                     Some(_) => Plane::Public,
@@ -148,7 +150,10 @@ impl ProxyHttp for GatewayProxy {
             Destination::Route(route, rest) => {
                 let route = Arc::clone(route);
                 let rest = rest.to_owned();
-                match self.prepare(session, ctx, route, &rest).await? {
+                match self
+                    .prepare(session, ctx, &routing.inbound, route, &rest)
+                    .await?
+                {
                     Some(status) => status,
                     None => return Ok(false),
                 }
@@ -607,14 +612,11 @@ impl GatewayProxy {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
+        inbound: &Inbound,
         route: Arc<Route>,
         rest: &str,
     ) -> pingora::Result<Option<u16>> {
-        if !self
-            .shared
-            .inbound
-            .allows(session.req_header(), &route.api_keys)
-        {
+        if !inbound.allows(session.req_header(), &route.api_keys) {
             let body = reply::error_body(
                 "unauthorized",
                 "this gateway requires an API key: send it as 'Authorization: Bearer <key>'",
@@ -625,7 +627,7 @@ impl GatewayProxy {
         ctx.span.record("route", route.name.as_str());
         // Only plugins need to know who the caller is (a key's digest costs a hash).
         if !route.plugins.is_empty() {
-            ctx.client = Some(self.shared.inbound.client(session));
+            ctx.client = Some(inbound.client(session));
             if route.keeps_body {
                 ctx.kept_body = Some(bytes::BytesMut::new());
             }
@@ -788,12 +790,8 @@ impl GatewayProxy {
     }
 
     async fn not_found(&self, session: &mut Session, path: &str) -> pingora::Result<u16> {
-        let prefixes: Vec<&str> = self
-            .shared
-            .routes
-            .routes()
-            .map(|r| r.prefix.as_str())
-            .collect();
+        let routing = self.shared.routing();
+        let prefixes: Vec<&str> = routing.table.routes().map(|r| r.prefix.as_str()).collect();
         let mut body = reply::error_body("not_found", format!("no route serves {path}"));
         body["routes"] = prefixes.into();
         reply::json(session, 404, &body).await

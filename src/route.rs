@@ -1,7 +1,7 @@
 //! The route table: which route, or which control-plane page, a request path belongs to.
 //!
-//! Built once from the validated [`Config`](crate::config::Config) and shared by every
-//! request. Reserved control paths (`/`, `/healthz`, `/auth/…`, …) always win over routes, so
+//! Built from the validated [`Config`](crate::config::Config) at start and at each reload,
+//! and shared by every request that starts while it is in force. Reserved control paths (`/`, `/healthz`, `/auth/…`, …) always win over routes, so
 //! a route at prefix `/` (single-upstream mode) still leaves the gateway's own pages
 //! reachable. Among routes, the longest prefix that matches on a segment boundary wins:
 //! `/a` matches `/a` and `/a/mcp`, never `/ab`.

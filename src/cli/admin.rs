@@ -1,4 +1,4 @@
-//! The operator's commands: `status`, `list`, `auth`, `refresh` and `clear`.
+//! The operator's commands: `status`, `list`, `auth`, `refresh`, `clear` and `reload`.
 //!
 //! Each asks the running gateway's admin API first, at the address the configuration
 //! names. When no gateway answers there, the command works on the token store directly,
@@ -200,6 +200,59 @@ pub(crate) fn status(config: &Config, route: Option<&str>, json: bool) -> anyhow
     })
 }
 
+/// `reload [--json]`: only a running gateway can reload, so there is no store fallback.
+pub(crate) fn reload(config: &Config, json: bool) -> anyhow::Result<Done> {
+    runtime()?.block_on(async {
+        let client = AdminClient::new(config)?;
+        let Some((status, body)) = client.send(reqwest::Method::POST, "reload").await? else {
+            bail!(
+                "no gateway answers at {}; a gateway reads the file when it starts",
+                client.base
+            );
+        };
+        if status != 200 {
+            bail!(
+                "the gateway kept its running configuration: {}",
+                message(&body)
+            );
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&body)?);
+            return Ok(Done::Ok);
+        }
+        let names = |key: &str| -> Vec<String> {
+            body[key]
+                .as_array()
+                .map(|list| {
+                    list.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        println!("reloaded {}", client.base);
+        for (label, key) in [
+            ("added", "added"),
+            ("removed", "removed"),
+            ("changed", "changed"),
+        ] {
+            let list = names(key);
+            if !list.is_empty() {
+                println!("  {label}: {}", list.join(", "));
+            }
+        }
+        println!("  unchanged: {}", names("unchanged").len());
+        let restart = names("restart_needed");
+        if !restart.is_empty() {
+            println!(
+                "  changed in [{}], which applies at the next start",
+                restart.join("], [")
+            );
+        }
+        Ok(Done::Ok)
+    })
+}
+
 fn expiry_text(route: &RouteStatus) -> String {
     let Some(sign_in) = &route.sign_in else {
         return "-".to_owned();
@@ -306,7 +359,7 @@ pub(crate) fn list(config: &Config, json: bool) -> anyhow::Result<Done> {
         let shared = gateway::offline(config)?;
         let mut entries = Vec::new();
         for route in config.routes.iter() {
-            let Some(oauth) = shared.oauth.get(&route.name) else {
+            let Some(oauth) = shared.routing().oauth_route(&route.name).cloned() else {
                 continue;
             };
             let tokens = oauth.store.load_tokens(&oauth.slot).await.ok().flatten();
@@ -364,8 +417,9 @@ pub(crate) fn refresh(config: &Config, name: &str, json: bool) -> anyhow::Result
             }
             Backend::Store(shared) => {
                 let route = shared
-                    .oauth
-                    .get(name)
+                    .routing()
+                    .oauth_route(name)
+                    .cloned()
                     .with_context(|| format!("route '{name}' does not sign in with OAuth"))?;
                 route.refresh_now().await.map_err(|error| {
                     let needs = route.status() != crate::oauth::SlotStatus::SignedIn;
@@ -438,8 +492,9 @@ pub(crate) fn clear(
                 }
                 Backend::Store(shared) => {
                     let route = shared
-                        .oauth
-                        .get(&name)
+                        .routing()
+                        .oauth_route(&name)
+                        .cloned()
                         .with_context(|| format!("route '{name}' does not sign in with OAuth"))?;
                     route
                         .clear(registration)
@@ -476,10 +531,10 @@ pub(crate) fn auth(config: Config, name: &str) -> anyhow::Result<Done> {
                 let shared = gateway.shared();
                 let running = gateway.spawn();
                 let route = shared
-                    .oauth
-                    .get(name)
-                    .context("the route has no OAuth state")?
-                    .clone();
+                    .routing()
+                    .oauth_route(name)
+                    .cloned()
+                    .context("the route has no OAuth state")?;
                 // The browser starts at the gateway's own start page, which binds the
                 // sign-in to it with a cookie.
                 show_url(name, &route.sign_in_url);

@@ -119,6 +119,7 @@ fn check_plugins(
             _ => Err(FieldErrorKind::PluginKindMissing { known: known() }),
         };
         let env = |name: &str| checker.env.var(name);
+        let settings_digest = settings_digest(&settings);
         let parsed = kind.and_then(|kind| {
             let spec =
                 kind.parse(settings, &env)
@@ -129,6 +130,7 @@ fn check_plugins(
             Ok(PluginConfig {
                 kind: kind.name,
                 spec,
+                settings_digest,
             })
         });
         match parsed {
@@ -144,6 +146,12 @@ fn check_plugins(
         }
     }
     plugins
+}
+
+/// A digest of a plugin's settings as parsed (comments and layout do not count).
+fn settings_digest(settings: &toml::Table) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(settings.to_string().as_bytes()).into()
 }
 
 /// Runs `rule` on a spanned string, recording a failure under `key`.

@@ -4,7 +4,9 @@
 //! - `GET  /admin/api/routes/{route}`: one route's;
 //! - `POST /admin/api/routes/{route}/refresh`: refresh the route's tokens now;
 //! - `POST /admin/api/routes/{route}/clear`: sign the route out (`?registration=true` also
-//!   forgets the client registration, so the next sign-in registers afresh).
+//!   forgets the client registration, so the next sign-in registers afresh);
+//! - `POST /admin/api/reload`: read gateway.toml again and put its routes in force (422 with
+//!   every error when it does not load, and the running routes stay).
 //!
 //! Callers on loopback may use it without a token unless `[admin] allow_loopback = false`;
 //! anyone else needs `Authorization: Bearer <admin token>`, compared in constant time. No
@@ -100,6 +102,7 @@ pub(crate) async fn serve(
         },
         (&Method::POST, ["routes", name, "refresh"]) => refresh(session, shared, name).await,
         (&Method::POST, ["routes", name, "clear"]) => clear(session, shared, name).await,
+        (&Method::POST, ["reload"]) => reload(session, shared).await,
         _ => {
             let path = session.req_header().uri.path().to_owned();
             let body = reply::error_body(
@@ -112,8 +115,8 @@ pub(crate) async fn serve(
 }
 
 fn route_status(shared: &Shared, name: &str) -> Option<RouteStatus> {
-    let route = shared.routes.routes().find(|route| route.name == name)?;
-    Some(RouteStatus::of(shared, route))
+    let routing = shared.routing();
+    Some(RouteStatus::of(shared, &routing, routing.route(name)?))
 }
 
 fn to_json(status: &RouteStatus) -> serde_json::Value {
@@ -137,7 +140,7 @@ async fn refresh(session: &mut Session, shared: &Shared, name: &str) -> pingora:
     let Some(status) = route_status(shared, name) else {
         return no_route(session, name).await;
     };
-    let Some(route) = shared.oauth.get(name) else {
+    let Some(route) = shared.routing().oauth_route(name).cloned() else {
         return not_oauth(session, name).await;
     };
     match route.refresh_now().await {
@@ -159,11 +162,25 @@ async fn refresh(session: &mut Session, shared: &Shared, name: &str) -> pingora:
     }
 }
 
+async fn reload(session: &mut Session, shared: &Shared) -> pingora::Result<u16> {
+    match crate::gateway::reload::reload(shared).await {
+        Ok(reloaded) => {
+            let body = serde_json::to_value(&reloaded).unwrap_or_default();
+            reply::json(session, 200, &body).await
+        }
+        Err(error) => {
+            let (status, code) = error.status();
+            let body = reply::error_body(code, error.to_string());
+            reply::json(session, status, &body).await
+        }
+    }
+}
+
 async fn clear(session: &mut Session, shared: &Shared, name: &str) -> pingora::Result<u16> {
     if route_status(shared, name).is_none() {
         return no_route(session, name).await;
     }
-    let Some(route) = shared.oauth.get(name) else {
+    let Some(route) = shared.routing().oauth_route(name).cloned() else {
         return not_oauth(session, name).await;
     };
     let registration = session.req_header().uri.query().is_some_and(|query| {

@@ -35,7 +35,7 @@ pub(super) async fn start(
         let location = format!("{}?{CANONICAL_MARK}", route.sign_in_url);
         return redirect(session, 302, &location).await;
     }
-    match shared.flows.start(route).await {
+    match shared.flows.start(&route).await {
         Ok(started) => {
             shared.metrics.sign_in(&route.name, "started");
             let callback = &route.redirect_uri;
@@ -77,6 +77,12 @@ pub(super) async fn callback(session: &mut Session, shared: &Shared) -> pingora:
     match result {
         Ok(done) => {
             shared.metrics.sign_in(&done.route, "completed");
+            // A reload that replaced the route meanwhile: the one in force reads the new
+            // tokens from the store (they are its own when the slot is the same).
+            let current = shared.routing().oauth_route(&done.route).cloned();
+            if let Some(current) = current.filter(|c| !std::sync::Arc::ptr_eq(c, &done.signed_in)) {
+                current.load().await;
+            }
             let page = pages::signed_in(&done.route, done.scope.as_deref());
             html(session, 200, &page).await
         }

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::gateway::Shared;
+use crate::gateway::{Routing, Shared};
 use crate::oauth::{OAuthRoute, SlotStatus};
 use crate::route::Route;
 
@@ -79,8 +79,8 @@ pub(crate) struct LastRefresh {
 }
 
 impl RouteStatus {
-    /// The status of `route` now; `oauth` is its OAuth side, if it has one.
-    pub(crate) fn of(shared: &Shared, route: &Route) -> Self {
+    /// The status of `route`, one of `routing`'s, now.
+    pub(crate) fn of(shared: &Shared, routing: &Routing, route: &Route) -> Self {
         let base = shared.public_url.as_str().trim_end_matches('/');
         let prefix = route.prefix.trim_end_matches('/');
         let summary = route.describe();
@@ -92,16 +92,19 @@ impl RouteStatus {
             streamable_http: format!("{base}{prefix}/mcp"),
             sse: format!("{base}{prefix}/sse"),
             upstream_unreachable: route.upstream_unreachable(),
-            sign_in: shared.oauth.get(&route.name).map(|oauth| sign_in(oauth)),
+            sign_in: routing.oauth_route(&route.name).map(|oauth| sign_in(oauth)),
         }
     }
 
     /// Every route, in the order of the configuration.
     pub(crate) fn all(shared: &Shared) -> Vec<Self> {
-        shared
+        let routing = shared.routing();
+        routing
+            .config
             .routes
-            .routes()
-            .map(|route| Self::of(shared, route))
+            .iter()
+            .filter_map(|config| routing.route(&config.name))
+            .map(|route| Self::of(shared, &routing, route))
             .collect()
     }
 

@@ -246,6 +246,8 @@ pub(crate) struct PendingFlows {
 pub(crate) struct SignedIn {
     pub(crate) route: String,
     pub(crate) scope: Option<String>,
+    /// The route the sign-in began on, which a reload may have replaced since.
+    pub(crate) signed_in: Arc<OAuthRoute>,
 }
 
 /// RFC 9207: an `iss` in the callback must be the issuer the sign-in went to, and a
@@ -425,6 +427,7 @@ impl PendingFlows {
         Ok(SignedIn {
             route: route.name.clone(),
             scope,
+            signed_in: Arc::clone(route),
         })
     }
 }

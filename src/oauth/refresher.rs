@@ -138,8 +138,11 @@ pub(crate) fn due_at(tokens: &StoredTokens) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(due.max(0.0)))
 }
 
-/// Runs the refresh schedule of `route` until the process stops.
-pub(crate) async fn run(route: Arc<OAuthRoute>) {
+/// Runs the refresh schedule of `route` until `stop` fires (or its sender is dropped).
+/// It stops only while it waits: a refresh that has begun finishes and saves its tokens,
+/// since a refresh token the server already rotated cannot be spent again.
+pub(crate) async fn run(route: Arc<OAuthRoute>, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    let _counted = route.metrics.refresher_running();
     let mut backoff = MIN_BACKOFF;
     loop {
         let waiting_for_change = route.changed();
@@ -147,24 +150,39 @@ pub(crate) async fn run(route: Arc<OAuthRoute>) {
             (SlotStatus::SignedIn, Some(tokens)) => due_at(&tokens),
             _ => None,
         };
-        let Some(due) = due else {
-            waiting_for_change.await;
-            continue;
-        };
-        let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
+        let wait = due.map(|due| due.duration_since(SystemTime::now()).unwrap_or_default());
         tokio::select! {
+            _ = &mut stop => return,
             _ = waiting_for_change => continue,
-            _ = tokio::time::sleep(wait) => {}
+            _ = sleep_or_forever(wait) => {}
         }
-        match refresh(&route, route.generation()).await {
-            Ok(()) => backoff = MIN_BACKOFF,
+        let pause = match refresh(&route, route.generation()).await {
+            Ok(()) => {
+                backoff = MIN_BACKOFF;
+                continue;
+            }
             Err(error) if error.is_transient() => {
                 tracing::warn!(route = %route.name, %error, retry_in_secs = backoff.as_secs(), "refresh failed; will retry");
-                tokio::time::sleep(backoff).await;
+                let pause = backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+                pause
             }
-            Err(_) => backoff = MIN_BACKOFF,
+            Err(_) => {
+                backoff = MIN_BACKOFF;
+                continue;
+            }
+        };
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+async fn sleep_or_forever(wait: Option<Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
+        None => std::future::pending().await,
     }
 }
 

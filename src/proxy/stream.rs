@@ -46,7 +46,7 @@ pub(crate) async fn relay(
     cors: Option<&str>,
 ) -> pingora::Result<u16> {
     // Counted from before the upstream is asked, so a burst cannot overshoot the bound.
-    let client = shared.inbound.client(session);
+    let client = shared.routing().inbound.client(session);
     let _slot = match shared.streams.enter(client) {
         Ok(slot) => slot,
         Err(exceeded) => return too_many_streams(session, shared, route, exceeded).await,
@@ -457,7 +457,7 @@ pub(crate) async fn upstream_error_reply(
 ) -> u16 {
     let failure = reply::upstream_failure(error);
     shared.metrics.upstream_error(route, failure.code);
-    if let Some(route) = shared.routes.routes().find(|r| r.name == route) {
+    if let Some(route) = shared.routing().route(route) {
         route.set_upstream_unreachable(true);
     }
     if session.response_written().is_some() {

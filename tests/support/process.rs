@@ -4,6 +4,27 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command};
 
+/// A started gateway process, killed and reaped when dropped (also when a test fails).
+#[derive(Debug)]
+pub struct Running(Child);
+
+impl Running {
+    pub fn new(child: Child) -> Self {
+        Self(child)
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `mcp-u2m-gateway` with no inherited config path, ready for arguments.
 pub fn gateway_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mcp-u2m-gateway"));
