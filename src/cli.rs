@@ -68,6 +68,12 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Replace the running gateway with a new process of this binary, without refusing or
+    /// dropping a connection: the new one takes the sockets over, the old one drains.
+    Upgrade {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Make a new API key for a client, and print the line that lets it in.
     Keygen,
     /// Sign a route out (or every OAuth route), removing its stored tokens.
@@ -93,6 +99,10 @@ struct ServeArgs {
     /// otherwise. What is logged follows RUST_LOG (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
     log_format: LogFormat,
+    /// Take the listening sockets over from the running gateway (send it SIGQUIT once this
+    /// one waits) instead of binding them; `mcp-u2m-gateway upgrade` does both.
+    #[arg(long)]
+    upgrade: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, clap::ValueEnum)]
@@ -142,6 +152,9 @@ impl Cli {
                 output,
                 config,
             } => load(&config).and_then(|c| admin::refresh(&c, &route, output.json)),
+            Command::Upgrade { config } => {
+                load(&config).and_then(|c| admin::upgrade(&c, config.config.as_deref()))
+            }
             Command::Reload { output, config } => {
                 load(&config).and_then(|c| admin::reload(&c, output.json))
             }
@@ -186,9 +199,13 @@ fn load(args: &ConfigArg) -> anyhow::Result<Config> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     let config = Config::load(args.config.config.as_deref())?;
-    let gateway = Gateway::bind(config)?;
-    print_banner(gateway.config(), gateway.local_addr());
-    gateway.run();
+    let gateway = if args.upgrade {
+        Gateway::take_over(config)?
+    } else {
+        Gateway::bind(config)?
+    };
+    let (config, addr) = (gateway.config().clone(), gateway.local_addr());
+    gateway.run(move || print_banner(&config, addr));
     Ok(())
 }
 

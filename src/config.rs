@@ -96,6 +96,12 @@ pub(crate) struct ServerConfig {
     pub(crate) max_header_bytes: usize,
     /// How long a kept-alive connection may wait for its next request.
     pub(crate) idle_timeout: Duration,
+    /// How long a stopping or upgraded gateway lets requests and streams in flight run on
+    /// before it closes them.
+    pub(crate) drain: Duration,
+    /// Where an upgrading gateway takes the listening sockets over from the running one;
+    /// `None` is `upgrade.sock` in the store directory.
+    pub(crate) upgrade_socket: Option<PathBuf>,
     pub(crate) tls: Option<TlsConfig>,
     /// Running on Databricks Apps, which authenticates callers in front of the gateway
     /// and forwards their identity.
@@ -572,6 +578,16 @@ fn at_line(line: Option<usize>) -> String {
 }
 
 impl Config {
+    /// The Unix socket of the hand-over between an old and a new gateway process. It lives
+    /// in the store directory by default: the directory is the gateway's own (0700), and
+    /// whoever can reach the socket can take over the listeners and so the traffic.
+    pub(crate) fn upgrade_socket(&self) -> PathBuf {
+        self.server
+            .upgrade_socket
+            .clone()
+            .unwrap_or_else(|| self.store.dir.join("upgrade.sock"))
+    }
+
     /// Finds and loads the configuration: `explicit` (from `--config`), else
     /// `$MCP_GATEWAY_CONFIG`, else single-upstream mode when `UPSTREAM_MCP_URL` is set,
     /// else `./gateway.toml`.

@@ -5,11 +5,12 @@
 //! fails with a clear error when an address is taken, port 0 works (tests, and the address
 //! is known before the first request), and the banner can print the real address. Pingora
 //! then adopts the sockets through its listen-fd table, the same table its graceful upgrade
-//! hands between processes.
+//! hands between processes. `serve --upgrade` takes that table over from a running gateway
+//! instead of binding (see [`Gateway::take_over`] and `SIGQUIT` in [`UnixSignals`]).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -40,13 +41,28 @@ use crate::store::{FileStore, TokenStore};
 use crate::token::{NoToken, StaticToken, TokenError, TokenSource};
 
 pub(crate) mod reload;
+mod systemd;
+mod upgrade;
 
-/// How long a terminating gateway waits for requests in flight before it closes them.
-const DRAIN_BOUND: Duration = Duration::from_secs(10);
+/// After the drain bound, how long streams get to end their responses cleanly.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("an upgrade takes the sockets over by address, so {key} needs a fixed port, not 0")]
+    UpgradePort { key: &'static str },
+    #[error("no running gateway handed its sockets over at {path}")]
+    TakeOver {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the running gateway listens on {offered}, not on {wanted} as this configuration asks: \
+         upgrade with the same listen addresses, and change them with a restart"
+    )]
+    AddressMismatch { wanted: String, offered: String },
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -115,6 +131,15 @@ pub(crate) struct Shared {
     pub(crate) csrf: crate::secret::Secret,
     /// Legacy streams relayed here, for answers the gateway gives their clients itself.
     pub(crate) legacy: Arc<crate::proxy::legacy::LegacyStreams>,
+    /// The listeners' shutdown signal: pingora's, which an upgrade also sends by itself
+    /// once a new process has the sockets.
+    pub(crate) stop_listening: tokio::sync::watch::Sender<bool>,
+    /// Set at the drain bound: event streams end their responses now.
+    pub(crate) closing: tokio::sync::watch::Sender<bool>,
+    /// Pingora's listen-fd table, which an upgrade hands to the new process.
+    pub(crate) listen_fds: upgrade::ListenTable,
+    /// When this process started, in Unix seconds.
+    pub(crate) started_at: u64,
 }
 
 impl Shared {
@@ -200,10 +225,13 @@ impl Drop for InflightGuard {
 pub struct Gateway {
     config: Config,
     shared: Arc<Shared>,
-    listener: OwnedFd,
+    /// The main socket, unless it was taken over from a running gateway.
+    listener: Option<OwnedFd>,
     addr: SocketAddr,
     /// The admin listener's socket and address, when `[admin] listen` asks for one.
-    admin: Option<(OwnedFd, SocketAddr)>,
+    admin: Option<(Option<OwnedFd>, SocketAddr)>,
+    /// Sockets taken over from the gateway this one replaces, by address.
+    inherited: Vec<(String, RawFd)>,
 }
 
 impl Gateway {
@@ -220,9 +248,60 @@ impl Gateway {
         Ok(Self {
             config,
             shared,
-            listener,
+            listener: Some(listener),
             addr,
-            admin,
+            admin: admin.map(|(socket, addr)| (Some(socket), addr)),
+            inherited: Vec::new(),
+        })
+    }
+
+    /// Takes the listening sockets over from a running gateway, which hands them over at
+    /// the upgrade socket when it gets `SIGQUIT`; waits five seconds for it. Both listen on
+    /// the same sockets until the old one stops accepting, so no connection is refused.
+    pub fn take_over(config: Config) -> Result<Self, StartError> {
+        let addr = config.server.listen;
+        if addr.port() == 0 {
+            return Err(StartError::UpgradePort {
+                key: "server.listen",
+            });
+        }
+        if config.admin.listen.is_some_and(|admin| admin.port() == 0) {
+            return Err(StartError::UpgradePort {
+                key: "admin.listen",
+            });
+        }
+        let path = config.upgrade_socket();
+        let handed = upgrade::receive_sockets(&path).map_err(|source| StartError::TakeOver {
+            path: path.clone(),
+            source,
+        })?;
+        let wanted: Vec<String> = std::iter::once(addr)
+            .chain(config.admin.listen)
+            .map(|addr| addr.to_string())
+            .collect();
+        let offered = || {
+            let mut offered: Vec<&str> = handed.iter().map(|(addr, _)| addr.as_str()).collect();
+            offered.sort();
+            offered.join(", ")
+        };
+        if let Some(missing) = wanted
+            .iter()
+            .find(|want| !handed.iter().any(|(addr, _)| addr == *want))
+        {
+            return Err(StartError::AddressMismatch {
+                wanted: missing.clone(),
+                offered: offered(),
+            });
+        }
+        let shared = Arc::new(build_shared(&config)?);
+        tracing::info!(socket = %path.display(), "took the listening sockets over");
+        Ok(Self {
+            admin: config.admin.listen.map(|addr| (None, addr)),
+            config,
+            shared,
+            listener: None,
+            addr,
+            inherited: handed,
         })
     }
 
@@ -246,10 +325,15 @@ impl Gateway {
         Arc::clone(&self.shared)
     }
 
-    /// Serves until SIGTERM or SIGINT, then drains requests in flight for up to ten seconds.
-    pub fn run(self) {
+    /// Serves until SIGTERM, SIGINT or SIGQUIT (an upgrade), then drains requests in flight
+    /// for up to `server.drain_secs`. SIGHUP reloads the configuration. `ready` runs once the
+    /// signals are handled, so nobody who saw it kills the gateway with a reload signal.
+    pub fn run(self, ready: impl FnOnce() + Send + 'static) {
         let signals = UnixSignals {
             shared: Arc::clone(&self.shared),
+            drain: self.config.server.drain,
+            upgrade_socket: self.config.upgrade_socket(),
+            ready: parking_lot::Mutex::new(Some(Box::new(ready))),
         };
         self.into_server().run(RunArgs {
             shutdown_signal: Box::new(signals),
@@ -294,7 +378,12 @@ impl Gateway {
             max_bytes: self.config.server.max_header_bytes,
             idle: self.config.server.idle_timeout,
         };
-        let guarded = HeaderGuard::new(proxy, limits, Arc::clone(&self.shared.metrics));
+        let guarded = HeaderGuard::new(
+            proxy,
+            limits,
+            Arc::clone(&self.shared.metrics),
+            self.shared.closing.subscribe(),
+        );
         let mut service = Service::new("mcp-u2m-gateway".to_owned(), guarded);
         let addr = self.addr.to_string();
         match &self.config.server.tls {
@@ -307,16 +396,22 @@ impl Gateway {
             }
             None => service.add_tcp(&addr),
         }
-        let mut sockets = vec![(addr, self.listener)];
+        let mut sockets: Vec<(String, RawFd)> = self.inherited;
+        if let Some(socket) = self.listener {
+            sockets.push((addr, socket.into_raw_fd()));
+        }
         if let Some((socket, admin_addr)) = self.admin {
             // Plain HTTP: the admin listener is for loopback or an internal network.
             let admin_addr = admin_addr.to_string();
             service.add_tcp(&admin_addr);
-            sockets.push((admin_addr, socket));
+            if let Some(socket) = socket {
+                sockets.push((admin_addr, socket.into_raw_fd()));
+            }
         }
         server.add_service(Prebound {
             inner: service,
             sockets,
+            shared: Arc::clone(&self.shared),
         });
         server.add_service(pingora::services::background::background_service(
             "token refreshers",
@@ -404,6 +499,10 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
         ),
         csrf: crate::secret::Secret::new(oauth2::CsrfToken::new_random().secret().clone()),
         legacy: Arc::default(),
+        stop_listening: tokio::sync::watch::channel(false).0,
+        closing: tokio::sync::watch::channel(false).0,
+        listen_fds: upgrade::ListenTable::default(),
+        started_at: crate::control::status::unix_now(),
     })
 }
 
@@ -709,10 +808,12 @@ impl pingora::services::background::BackgroundService for Refreshers {
     }
 }
 
-/// Hands pre-bound sockets to a pingora service through the listen-fd table.
+/// Hands pre-bound (or taken-over) sockets to a pingora service through the listen-fd
+/// table, and gives the service the gateway's own listener shutdown signal.
 struct Prebound<S> {
     inner: S,
-    sockets: Vec<(String, OwnedFd)>,
+    sockets: Vec<(String, RawFd)>,
+    shared: Arc<Shared>,
 }
 
 #[async_trait]
@@ -720,21 +821,27 @@ impl<S: ServiceWithDependents> ServiceWithDependents for Prebound<S> {
     async fn start_service(
         &mut self,
         fds: Option<ListenFds>,
-        shutdown: ShutdownWatch,
+        mut shutdown: ShutdownWatch,
         listeners_per_fd: usize,
         ready: ServiceReadyNotifier,
     ) {
         if let Some(table) = &fds {
+            self.shared.listen_fds.set(table);
             let mut table = table.lock();
             for (addr, socket) in self.sockets.drain(..) {
-                // A socket inherited from an upgrading process wins; ours then just closes.
-                if table.get(&addr).is_none() {
-                    table.add(addr, socket.into_raw_fd());
-                }
+                table.add(addr, socket);
             }
         }
+        // Pingora's shutdown stops the listeners; so does an upgrade, without pingora.
+        let stop = self.shared.stop_listening.subscribe();
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            if shutdown.wait_for(|stop| *stop).await.is_ok() {
+                shared.stop_listening.send_replace(true);
+            }
+        });
         self.inner
-            .start_service(fds, shutdown, listeners_per_fd, ready)
+            .start_service(fds, stop, listeners_per_fd, ready)
             .await
     }
 
@@ -751,24 +858,36 @@ impl<S: ServiceWithDependents> ServiceWithDependents for Prebound<S> {
     }
 }
 
-/// SIGHUP: reload the configuration. SIGTERM or SIGINT: drain requests in flight (bounded),
-/// then stop; a second signal stops at once.
+/// SIGHUP: reload the configuration. SIGQUIT: hand the listening sockets to a new process
+/// (`serve --upgrade`), stop accepting, drain, stop. SIGTERM or SIGINT: drain requests in
+/// flight, then stop. A drain is bounded by `server.drain_secs`; streams still open then
+/// end their responses and the process exits, so their clients reconnect (to the new
+/// process, after an upgrade). A second signal during a drain stops at once.
 struct UnixSignals {
     shared: Arc<Shared>,
+    drain: Duration,
+    upgrade_socket: PathBuf,
+    ready: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for UnixSignals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut quit)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::hangup()),
+            signal(SignalKind::quit()),
         ) else {
             tracing::error!("cannot install signal handlers; stop the gateway with SIGKILL");
             return std::future::pending().await;
         };
+        if let Some(ready) = self.ready.lock().take() {
+            ready();
+        }
+        // The sockets are listening already: connections wait in their backlog.
+        systemd::notify_ready();
         loop {
             tokio::select! {
                 _ = term.recv() => break,
@@ -777,22 +896,35 @@ impl ShutdownSignalWatch for UnixSignals {
                     // The outcome is logged and counted; a refused file changes nothing.
                     let _ = reload::reload(&self.shared).await;
                 }
+                _ = quit.recv() => {
+                    if self.hand_over().await {
+                        break;
+                    }
+                }
             }
         }
         self.shared.draining.store(true, Ordering::Relaxed);
         let inflight = self.shared.inflight.count();
         tracing::info!(
             inflight,
-            bound_secs = DRAIN_BOUND.as_secs(),
+            bound_secs = self.drain.as_secs(),
             "shutting down: draining requests in flight"
         );
         tokio::select! {
-            _ = self.drained() => tracing::info!("drained"),
-            _ = tokio::time::sleep(DRAIN_BOUND) => {
+            _ = self.drained() => {
+                tracing::info!("drained");
+                return ShutdownSignal::FastShutdown;
+            }
+            _ = tokio::time::sleep(self.drain) => {
                 tracing::warn!(inflight = self.shared.inflight.count(), "drain bound reached; closing the rest")
             }
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+            _ = term.recv() => return ShutdownSignal::FastShutdown,
+            _ = int.recv() => return ShutdownSignal::FastShutdown,
+        }
+        self.shared.closing.send_replace(true);
+        tokio::select! {
+            _ = self.drained() => {}
+            _ = tokio::time::sleep(CLOSE_GRACE) => {}
         }
         ShutdownSignal::FastShutdown
     }
@@ -802,6 +934,36 @@ impl UnixSignals {
     async fn drained(&self) {
         while self.shared.inflight.count() > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends the listening sockets to the process waiting at the upgrade socket, then stops
+    /// accepting; `false` (and serving on) when no process takes them.
+    async fn hand_over(&self) -> bool {
+        let Some(table) = self.shared.listen_fds.get() else {
+            tracing::error!("upgrade refused: the listeners are not running yet");
+            return false;
+        };
+        let path = self.upgrade_socket.clone();
+        tracing::info!(socket = %path.display(), "upgrade: handing the listening sockets over");
+        let sent = tokio::task::spawn_blocking(move || upgrade::send_sockets(&table, &path))
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("the hand-over task failed")));
+        match sent {
+            Ok(()) => {
+                self.shared.draining.store(true, Ordering::Relaxed);
+                self.shared.stop_listening.send_replace(true);
+                tracing::info!("upgrade: sockets handed over; no longer accepting");
+                true
+            }
+            Err(error) => {
+                tracing::error!(
+                    socket = %self.upgrade_socket.display(),
+                    %error,
+                    "upgrade failed: no new process took the sockets (start it with `serve --upgrade` first); still serving"
+                );
+                false
+            }
         }
     }
 }

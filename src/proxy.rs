@@ -118,6 +118,15 @@ impl ProxyHttp for GatewayProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
+        if self
+            .shared
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            // `Connection: close`: the client's next request opens a connection, which
+            // reaches the process taking over (or another replica).
+            session.set_keepalive(None);
+        }
         let path = session.req_header().uri.path().to_owned();
         ctx.span = tracing::debug_span!(
             "request",

@@ -1,4 +1,5 @@
-//! The operator's commands: `status`, `list`, `auth`, `refresh`, `clear` and `reload`.
+//! The operator's commands: `status`, `list`, `auth`, `refresh`, `clear`, `reload` and
+//! `upgrade`.
 //!
 //! Each asks the running gateway's admin API first, at the address the configuration
 //! names. When no gateway answers there, the command works on the token store directly,
@@ -108,6 +109,17 @@ impl AdminClient {
             );
         }
         Ok(Some((status, body)))
+    }
+
+    /// The pid of the process answering; `None` when none does.
+    async fn process(&self) -> anyhow::Result<Option<u32>> {
+        let Some((_, body)) = self.send(reqwest::Method::GET, "process").await? else {
+            return Ok(None);
+        };
+        let pid = body["pid"]
+            .as_u64()
+            .context("the gateway did not say its pid")?;
+        Ok(Some(u32::try_from(pid)?))
     }
 
     async fn routes(&self) -> anyhow::Result<Vec<RouteStatus>> {
@@ -249,6 +261,79 @@ pub(crate) fn reload(config: &Config, json: bool) -> anyhow::Result<Done> {
                 restart.join("], [")
             );
         }
+        Ok(Done::Ok)
+    })
+}
+
+/// How long `upgrade` waits for the new process to answer in the old one's place.
+const UPGRADE_WAIT: Duration = Duration::from_secs(20);
+
+/// `upgrade`: starts `serve --upgrade` from this binary, waits until it listens at the
+/// upgrade socket, sends the running gateway SIGQUIT, and returns once the admin API
+/// answers from the new process. The new process keeps this command's stdout and stderr.
+pub(crate) fn upgrade(
+    config: &Config,
+    config_path: Option<&std::path::Path>,
+) -> anyhow::Result<Done> {
+    runtime()?.block_on(async {
+        let client = AdminClient::new(config)?;
+        let Some(old) = client.process().await? else {
+            bail!(
+                "no gateway answers at {}: start one with `mcp-u2m-gateway serve`",
+                client.base
+            );
+        };
+        let socket = config.upgrade_socket();
+        let _ = std::fs::remove_file(&socket);
+        let mut command = std::process::Command::new(
+            std::env::current_exe().context("finding this binary")?,
+        );
+        command.args(["serve", "--upgrade"]);
+        if let Some(path) = config_path {
+            command.arg("--config").arg(path);
+        }
+        // A process group of its own: a signal to this command's group leaves it alone.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("starting the new gateway process")?;
+        let new = child.id();
+        let deadline = Instant::now() + UPGRADE_WAIT;
+        let exited = |child: &mut std::process::Child| -> anyhow::Result<()> {
+            if let Some(status) = child.try_wait()? {
+                bail!("the new process exited ({status}); the running gateway (pid {old}) keeps serving");
+            }
+            Ok(())
+        };
+        while !socket.exists() {
+            exited(&mut child)?;
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("the new process did not wait at {}", socket.display());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let pid = i32::try_from(old).context("the running gateway's pid")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGQUIT,
+        )
+        .with_context(|| format!("signalling the running gateway (pid {old})"))?;
+        loop {
+            exited(&mut child)?;
+            if client.process().await.ok().flatten() == Some(new) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the new process (pid {new}) did not take over within {UPGRADE_WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "upgraded: pid {old} -> {new}; pid {old} drains its requests for up to {} s",
+            config.server.drain.as_secs()
+        );
         Ok(Done::Ok)
     })
 }

@@ -51,6 +51,8 @@ pub(super) struct RawServer {
     pub(super) header_timeout_secs: Option<Spanned<u64>>,
     pub(super) max_header_bytes: Option<Spanned<usize>>,
     pub(super) idle_timeout_secs: Option<Spanned<u64>>,
+    pub(super) drain_secs: Option<Spanned<u64>>,
+    pub(super) upgrade_socket: Option<Spanned<String>>,
     pub(super) tls: Option<RawTls>,
 }
 

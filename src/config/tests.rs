@@ -732,18 +732,36 @@ fn downstream_limits_have_defaults_and_refuse_nonsense() {
     assert_eq!(server.header_timeout, Duration::from_secs(10));
     assert_eq!(server.idle_timeout, Duration::from_secs(60));
     assert_eq!(server.max_header_bytes, 64 * 1024);
+    assert_eq!(server.drain, Duration::from_secs(10));
 
     let text = with_route(
-        "[server]\nheader_timeout_secs = 0\nidle_timeout_secs = 0\nmax_header_bytes = 100\n",
+        "[server]\nheader_timeout_secs = 0\nidle_timeout_secs = 0\nmax_header_bytes = 100\n\
+         drain_secs = 0\n",
     );
     let error = message(&text);
     for expected in [
+        "server.drain_secs: must be at least 1 second",
         "server.header_timeout_secs: must be at least 1 second",
         "server.idle_timeout_secs: must be at least 1 second",
         "server.max_header_bytes: must be at least 1024 bytes",
     ] {
         assert!(error.contains(expected), "{expected} in {error}");
     }
+}
+
+#[test]
+fn the_upgrade_socket_defaults_to_the_store_and_is_relative_to_the_file() {
+    let config = load_ok(&with_route("[store]\ndir = \"/var/lib/gw\"\n"));
+    assert_eq!(
+        config.upgrade_socket(),
+        Path::new("/var/lib/gw/upgrade.sock")
+    );
+    let config = load_ok(&with_route("[server]\nupgrade_socket = \"run/up.sock\"\n"));
+    let beside_the_file = Path::new(FILE)
+        .parent()
+        .expect("a directory")
+        .join("run/up.sock");
+    assert_eq!(config.upgrade_socket(), beside_the_file);
 }
 
 #[test]

@@ -36,6 +36,8 @@ const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
 /// nginx's is 32 KiB (four 8 KiB buffers); MCP's `Mcp-Param-*` headers may need more.
 const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+/// Long enough for any tool call a person waits for to finish, short enough for a deploy.
+const DEFAULT_DRAIN_SECS: u64 = 10;
 const MIN_HEADER_BYTES: usize = 1024;
 /// What Databricks Apps sets after authenticating a caller: the email, else the user name.
 const DATABRICKS_IDENTITY_HEADERS: &[&str] = &["x-forwarded-email", "x-forwarded-user"];
@@ -158,6 +160,8 @@ pub(super) fn default_server(listen: SocketAddr, databricks: bool) -> ServerConf
         header_timeout: Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS),
         max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
+        drain: Duration::from_secs(DEFAULT_DRAIN_SECS),
+        upgrade_socket: None,
         tls: None,
         databricks,
         identity_headers: default_identity_headers(databricks),
@@ -241,6 +245,16 @@ fn server(raw: RawServer, route_keys: bool, checker: &mut Checker<'_>) -> Option
         DEFAULT_IDLE_TIMEOUT_SECS,
         checker,
     );
+    let drain = timeout(
+        "server.drain_secs",
+        raw.drain_secs.as_ref(),
+        DEFAULT_DRAIN_SECS,
+        checker,
+    );
+    let upgrade_socket = match &raw.upgrade_socket {
+        Some(path) => checker.path("server.upgrade_socket", path).map(Some),
+        None => Some(None),
+    };
     let max_header_bytes = max_header_bytes(raw.max_header_bytes.as_ref(), checker);
     let identity_headers =
         identity_headers(raw.trusted_identity_header.as_ref(), databricks, checker);
@@ -278,6 +292,8 @@ fn server(raw: RawServer, route_keys: bool, checker: &mut Checker<'_>) -> Option
         header_timeout: header_timeout?,
         max_header_bytes: max_header_bytes?,
         idle_timeout: idle_timeout?,
+        drain: drain?,
+        upgrade_socket: upgrade_socket?,
         tls: tls?,
         databricks,
         identity_headers: identity_headers?,

@@ -5,6 +5,8 @@
 //! - `POST /admin/api/routes/{route}/refresh`: refresh the route's tokens now;
 //! - `POST /admin/api/routes/{route}/clear`: sign the route out (`?registration=true` also
 //!   forgets the client registration, so the next sign-in registers afresh);
+//! - `GET  /admin/api/process`: this process's id, version and start time (what the
+//!   `upgrade` command watches for);
 //! - `POST /admin/api/reload`: read gateway.toml again and put its routes in force (422 with
 //!   every error when it does not load, and the running routes stay).
 //!
@@ -103,6 +105,14 @@ pub(crate) async fn serve(
         (&Method::POST, ["routes", name, "refresh"]) => refresh(session, shared, name).await,
         (&Method::POST, ["routes", name, "clear"]) => clear(session, shared, name).await,
         (&Method::POST, ["reload"]) => reload(session, shared).await,
+        (&Method::GET, ["process"]) => {
+            let body = json!({
+                "pid": std::process::id(),
+                "version": env!("CARGO_PKG_VERSION"),
+                "started_at": shared.started_at,
+            });
+            reply::json(session, 200, &body).await
+        }
         _ => {
             let path = session.req_header().uri.path().to_owned();
             let body = reply::error_body(

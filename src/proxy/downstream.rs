@@ -52,14 +52,22 @@ pub(crate) struct HeaderGuard<A> {
     inner: Arc<A>,
     limits: HeaderLimits,
     metrics: Arc<Metrics>,
+    /// Turns true at the end of a drain.
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<A> HeaderGuard<A> {
-    pub(crate) fn new(inner: A, limits: HeaderLimits, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        inner: A,
+        limits: HeaderLimits,
+        metrics: Arc<Metrics>,
+        closing: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         Self {
             inner: Arc::new(inner),
             limits,
             metrics,
+            closing,
         }
     }
 }
@@ -83,7 +91,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
         self.inner.process_new(stream, shutdown).await
     }
 
+    /// Runs once the listeners stopped (after an upgrade's hand-over). Pingora's own
+    /// cleanup drops every connection waiting for its next request, including one whose
+    /// request is on its way, which the client would see as a reset; so it waits for the
+    /// end of the drain. Until then such a connection is served, with `Connection: close`.
     async fn cleanup(&self) {
+        let mut closing = self.closing.clone();
+        let _ = closing.wait_for(|closing| *closing).await;
         self.inner.cleanup().await;
     }
 }

@@ -193,6 +193,8 @@ async fn relay_response(
         legacy: &shared.legacy,
         answers: None,
         queued: Vec::new(),
+        closing: shared.closing.subscribe(),
+        close_at_boundary: false,
     };
     let _open = event_stream.then(|| shared.metrics.stream_opened(&route.name));
     match pump.run(session, &mut upstream).await {
@@ -210,6 +212,9 @@ async fn relay_response(
 #[derive(Debug)]
 enum StreamEnd {
     UpstreamFinished,
+    /// The gateway is stopping: the stream ended between events, for the client to
+    /// reconnect.
+    Closed,
     UpstreamFailed(ErrorType),
     ClientGone,
 }
@@ -225,6 +230,17 @@ struct Pump<'a> {
     answers: Option<(mpsc::Receiver<Bytes>, Registration)>,
     /// Answers waiting for the end of the upstream event being relayed.
     queued: Vec<Bytes>,
+    /// Turns true at the end of a drain.
+    closing: tokio::sync::watch::Receiver<bool>,
+    /// The drain ended in the middle of an event: end after it.
+    close_at_boundary: bool,
+}
+
+/// Returns once the gateway closes its streams (never, if the signal goes away).
+async fn closed(closing: &mut tokio::sync::watch::Receiver<bool>) {
+    if closing.wait_for(|closing| *closing).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// The next answer for a registered legacy stream; never, for any other stream.
@@ -244,6 +260,7 @@ impl Pump<'_> {
         let mut next_keepalive = self
             .keepalive
             .map_or(far_future, |every| Instant::now() + every);
+        let mut closing = self.closing.clone();
         loop {
             tokio::select! {
                 chunk = upstream.read_response_body() => {
@@ -254,6 +271,9 @@ impl Pump<'_> {
                     };
                     if let Some(end) = end {
                         return end;
+                    }
+                    if self.close_at_boundary && self.at_boundary() {
+                        return self.close(session).await;
                     }
                     if let Some(every) = self.keepalive {
                         next_keepalive = Instant::now() + every;
@@ -274,18 +294,33 @@ impl Pump<'_> {
                         return StreamEnd::ClientGone;
                     }
                 }
+                () = closed(&mut closing), if !self.close_at_boundary => {
+                    if self.at_boundary() {
+                        return self.close(session).await;
+                    }
+                    self.close_at_boundary = true;
+                }
                 _ = session.read_body_or_idle(true) => return StreamEnd::ClientGone,
             }
         }
     }
 
+    fn at_boundary(&self) -> bool {
+        self.scanner
+            .as_ref()
+            .is_none_or(SseScanner::at_event_boundary)
+    }
+
+    /// Ends the response cleanly, after any answers still queued.
+    async fn close(&mut self, session: &mut Session) -> StreamEnd {
+        let _ = self.write_queued(session).await;
+        let _ = session.write_response_body(Some(Bytes::new()), true).await;
+        StreamEnd::Closed
+    }
+
     /// Writes the gateway's own answers, once no upstream event is half relayed.
     async fn write_queued(&mut self, session: &mut Session) -> pingora::Result<()> {
-        let at_boundary = self
-            .scanner
-            .as_ref()
-            .is_none_or(SseScanner::at_event_boundary);
-        if !at_boundary {
+        if !self.at_boundary() {
             return Ok(());
         }
         for answer in std::mem::take(&mut self.queued) {

@@ -16,6 +16,11 @@ impl Running {
     pub fn id(&self) -> u32 {
         self.0.id()
     }
+
+    /// The exit status, once the process has ended by itself.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.try_wait().ok().flatten()
+    }
 }
 
 impl Drop for Running {
