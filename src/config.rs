@@ -142,6 +142,19 @@ pub(crate) enum StoreKind {
     File,
 }
 
+/// The transport the route's upstream speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Transport {
+    /// Whatever it offers: legacy `/sse` streams pass through when the upstream serves
+    /// them, and are bridged to its Streamable HTTP endpoint when it answers 404 or 405
+    /// (learnt from the first one, then remembered).
+    #[default]
+    Auto,
+    /// Streamable HTTP only: legacy clients are always bridged.
+    Streamable,
+}
+
 /// One `[[routes]]` table. Two are equal when a reload can keep the route as it runs.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct RouteConfig {
@@ -156,6 +169,7 @@ pub(crate) struct RouteConfig {
     pub(crate) ca_file: Option<PathBuf>,
     /// Request bodies larger than this get 413.
     pub(crate) max_body_bytes: u64,
+    pub(crate) transport: Transport,
     /// Client keys good for this route only, besides `server.api_keys`.
     pub(crate) api_keys: Vec<ApiKeyHash>,
     pub(crate) auth: RouteAuth,

@@ -131,6 +131,8 @@ pub(crate) struct Shared {
     pub(crate) csrf: crate::secret::Secret,
     /// Legacy streams relayed here, for answers the gateway gives their clients itself.
     pub(crate) legacy: Arc<crate::proxy::legacy::LegacyStreams>,
+    /// Legacy clients' sessions bridged to Streamable HTTP upstreams.
+    pub(crate) bridges: crate::proxy::bridge::Bridges,
     /// The listeners' shutdown signal: pingora's, which an upgrade also sends by itself
     /// once a new process has the sockets.
     pub(crate) stop_listening: tokio::sync::watch::Sender<bool>,
@@ -499,6 +501,7 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
         ),
         csrf: crate::secret::Secret::new(oauth2::CsrfToken::new_random().secret().clone()),
         legacy: Arc::default(),
+        bridges: crate::proxy::bridge::Bridges::default(),
         stop_listening: tokio::sync::watch::channel(false).0,
         closing: tokio::sync::watch::channel(false).0,
         listen_fds: upgrade::ListenTable::default(),
@@ -756,6 +759,8 @@ fn build_route(
         max_body_bytes: config.max_body_bytes,
         api_keys: config.api_keys.clone(),
         unreachable: std::sync::atomic::AtomicBool::new(false),
+        transport: config.transport,
+        no_legacy: std::sync::atomic::AtomicBool::new(false),
     })
 }
 

@@ -27,6 +27,7 @@ pub(crate) struct Metrics {
     limited: IntCounterVec,
     refreshers: IntGauge,
     reloads: IntCounterVec,
+    bridge_sessions: IntGauge,
 }
 
 impl Metrics {
@@ -121,6 +122,11 @@ impl Metrics {
             &["outcome"],
         )
         .expect("static metric definition");
+        let bridge_sessions = IntGauge::new(
+            "bridge_sessions",
+            "Legacy SSE clients' sessions bridged to Streamable HTTP upstreams",
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -133,6 +139,7 @@ impl Metrics {
             Box::new(limited.clone()),
             Box::new(refreshers.clone()),
             Box::new(reloads.clone()),
+            Box::new(bridge_sessions.clone()),
         ] {
             registry
                 .register(collector)
@@ -152,6 +159,7 @@ impl Metrics {
             limited,
             refreshers,
             reloads,
+            bridge_sessions,
         }
         .with_process_metrics()
     }
@@ -242,6 +250,12 @@ impl Metrics {
     pub(crate) fn refresher_running(&self) -> CountGuard {
         self.refreshers.inc();
         CountGuard(self.refreshers.clone())
+    }
+
+    /// Sets the number of bridge sessions open (at scrape time).
+    pub(crate) fn bridge_sessions(&self, open: usize) {
+        self.bridge_sessions
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
     }
 
     /// Counts a reload: `ok` or `invalid`.

@@ -7,6 +7,7 @@
 //! alive. Everything else (Streamable HTTP `POST`/`DELETE`, JSON and SSE responses alike)
 //! goes through pingora's own proxy loop, which streams bodies chunk by chunk both ways.
 
+pub(crate) mod bridge;
 pub(crate) mod downstream;
 pub(crate) mod headers;
 pub(crate) mod inbound;
@@ -652,6 +653,23 @@ impl GatewayProxy {
         if declared.is_some_and(|length| length > route.max_body_bytes) {
             return self.body_too_large(session, &route).await.map(Some);
         }
+        let client = || {
+            ctx.client
+                .clone()
+                .unwrap_or_else(|| inbound.client(session))
+        };
+        let bridged = bridge::handle(
+            session,
+            &self.shared,
+            &route,
+            rest,
+            client(),
+            ctx.cors.as_deref(),
+        )
+        .await?;
+        if bridged.is_some() {
+            return Ok(bridged);
+        }
         let token = match route.tokens.bearer().await {
             Ok(token) => token,
             Err(error) => {
@@ -670,8 +688,30 @@ impl GatewayProxy {
         }
         if is_event_stream_get(session.req_header()) {
             let cors = ctx.cors.as_deref();
-            let status =
-                stream::relay(session, &self.shared, &route, &url, token.as_ref(), cors).await?;
+            // A legacy stream on an `auto` route finds out whether the upstream has one.
+            let probe = rest == "/sse" && route.transport == crate::config::Transport::Auto;
+            let relayed = stream::relay(
+                session,
+                &self.shared,
+                &route,
+                &url,
+                token.as_ref(),
+                cors,
+                probe,
+            )
+            .await?;
+            if let Some(status) = relayed {
+                return Ok(Some(status));
+            }
+            route
+                .no_legacy
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(route = %route.name, "the upstream has no legacy SSE endpoint: legacy clients are bridged to its Streamable HTTP endpoint");
+            let client = ctx
+                .client
+                .clone()
+                .unwrap_or_else(|| inbound.client(session));
+            let status = bridge::serve_stream(session, &self.shared, &route, client, cors).await?;
             return Ok(Some(status));
         }
         ctx.upstream_url = Some(url);

@@ -37,6 +37,10 @@ pub(crate) struct Route {
     pub(crate) api_keys: Vec<crate::config::ApiKeyHash>,
     /// The last attempt to reach the upstream failed; cleared by the next response.
     pub(crate) unreachable: AtomicBool,
+    pub(crate) transport: crate::config::Transport,
+    /// The upstream answered a legacy `/sse` request with 404 or 405: it speaks only
+    /// Streamable HTTP, and legacy clients are bridged from now on.
+    pub(crate) no_legacy: AtomicBool,
 }
 
 impl Route {
@@ -55,6 +59,12 @@ impl Route {
         for plugin in &self.plugins {
             plugin.response_filter(response);
         }
+    }
+
+    /// Whether a legacy client's `/sse` stream is served by the bridge.
+    pub(crate) fn bridges_legacy(&self) -> bool {
+        self.transport == crate::config::Transport::Streamable
+            || self.no_legacy.load(Ordering::Relaxed)
     }
 
     pub(crate) fn upstream_unreachable(&self) -> bool {

@@ -86,10 +86,11 @@ async fn python_sdk_client_works_over_legacy_sse() {
 
 /// With `tool_filter` on the route, the SDK client lists only the tools left and is refused
 /// a filtered one, which never reaches the upstream; progress notifications still stream.
-async fn check_tool_filter(transport: &str, path: &str) {
+async fn check_tool_filter(transport: &str, path: &str, legacy: bool) {
     let upstream = MockUpstream::start(MockOptions {
         token: TOKEN.into(),
         base_path: "/v1".into(),
+        legacy,
         ..Default::default()
     })
     .await;
@@ -141,12 +142,18 @@ deny = ["admin_*", "who?mi"]
 
 #[tokio::test(flavor = "multi_thread")]
 async fn python_sdk_sees_only_allowed_tools_over_streamable_http() {
-    check_tool_filter("streamable", "/mock/mcp").await;
+    check_tool_filter("streamable", "/mock/mcp", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn python_sdk_sees_only_allowed_tools_over_legacy_sse() {
-    check_tool_filter("sse", "/mock/sse").await;
+    check_tool_filter("sse", "/mock/sse", true).await;
+}
+
+/// The legacy client in front of a Streamable-HTTP-only upstream: through the bridge.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_sees_only_allowed_tools_through_the_bridge() {
+    check_tool_filter("sse", "/mock/sse", false).await;
 }
 
 /// The reference `server-everything` in `mode` behind a bearer route; the SDK client goes
@@ -192,4 +199,11 @@ async fn python_sdk_client_reaches_server_everything_over_streamable_http() {
 #[tokio::test(flavor = "multi_thread")]
 async fn python_sdk_client_reaches_server_everything_over_legacy_sse() {
     check_server_everything("sse", "sse", "/everything/sse").await;
+}
+
+/// The SDK's legacy SSE client, bridged to server-everything's Streamable HTTP mode, which
+/// has no legacy endpoint at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_legacy_client_reaches_server_everything_streamable_through_the_bridge() {
+    check_server_everything("streamableHttp", "sse", "/everything/sse").await;
 }

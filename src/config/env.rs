@@ -131,6 +131,7 @@ pub(super) fn single_upstream(env: &dyn Env) -> Result<Config, Vec<FieldError>> 
                 upstream_text,
                 ca_file: None,
                 max_body_bytes: super::routes::DEFAULT_MAX_BODY_BYTES,
+                transport: super::Transport::Auto,
                 api_keys: Vec::new(),
                 auth: RouteAuth::OAuth(Box::default()),
                 headers: Vec::new(),

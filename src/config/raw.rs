@@ -96,6 +96,8 @@ pub(super) struct RawRoute {
     pub(super) ca_file: Option<Spanned<String>>,
     pub(super) max_body_bytes: Option<Spanned<u64>>,
     #[serde(default)]
+    pub(super) transport: crate::config::Transport,
+    #[serde(default)]
     pub(super) api_keys: Vec<Spanned<String>>,
     #[serde(default)]
     pub(super) auth: RawAuth,

@@ -87,6 +87,7 @@ fn check_route(index: usize, raw: &RawRoute, checker: &mut Checker<'_>) -> Optio
         upstream_text: raw.upstream.get_ref().clone(),
         ca_file: ca_file?,
         max_body_bytes: max_body_bytes?,
+        transport: raw.transport,
         api_keys: api_keys?,
         auth: auth?,
         headers: headers?,

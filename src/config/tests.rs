@@ -1163,3 +1163,17 @@ fn admin_token_comes_from_one_source_and_unknown_keys_are_named() {
         Some(crate::config::BearerSource::Env("HOME".into()))
     );
 }
+
+#[test]
+fn a_route_transport_is_auto_unless_set_and_unknown_ones_are_refused() {
+    let config = load_ok(&with_route(""));
+    assert_eq!(config.routes[0].transport, Transport::Auto);
+    let text = with_route("").replace("[[routes]]\n", "[[routes]]\ntransport = \"streamable\"\n");
+    assert_eq!(load_ok(&text).routes[0].transport, Transport::Streamable);
+    let text = with_route("").replace("[[routes]]\n", "[[routes]]\ntransport = \"websocket\"\n");
+    let error = message(&text);
+    assert!(
+        error.contains("websocket") && error.contains("auto") && error.contains("streamable"),
+        "{error}"
+    );
+}

@@ -36,7 +36,9 @@ use crate::token::{AccessToken, TokenError};
 /// The comment written to a stream that has been idle for the keepalive interval.
 const KEEPALIVE: &[u8] = b": keepalive\n\n";
 
-/// Relays one event-stream request; returns the status sent to the client.
+/// Relays one event-stream request; returns the status sent to the client. With
+/// `probe_legacy`, an upstream answer of 404 or 405 is not relayed: `None` says the upstream
+/// has no legacy stream, and the caller bridges the client instead.
 pub(crate) async fn relay(
     session: &mut Session,
     shared: &Shared,
@@ -44,16 +46,25 @@ pub(crate) async fn relay(
     url: &Url,
     token: Option<&AccessToken>,
     cors: Option<&str>,
-) -> pingora::Result<u16> {
+    probe_legacy: bool,
+) -> pingora::Result<Option<u16>> {
     // Counted from before the upstream is asked, so a burst cannot overshoot the bound.
     let client = shared.routing().inbound.client(session);
     let _slot = match shared.streams.enter(client) {
         Ok(slot) => slot,
-        Err(exceeded) => return too_many_streams(session, shared, route, exceeded).await,
+        Err(exceeded) => {
+            return too_many_streams(session, shared, route, exceeded)
+                .await
+                .map(Some);
+        }
     };
     let mut upstream = match open(session, shared, route, url, token, None).await {
         Ok(upstream) => upstream,
-        Err(error) => return Ok(upstream_error_reply(session, shared, &route.name, &error).await),
+        Err(error) => {
+            return Ok(Some(
+                upstream_error_reply(session, shared, &route.name, &error).await,
+            ));
+        }
     };
     if refused(&upstream, route) {
         // The same one-retry rule as for other requests: refresh, then ask once more.
@@ -63,21 +74,30 @@ pub(crate) async fn relay(
         }
         let token = match route.tokens.bearer().await {
             Ok(token) => token,
-            Err(error) => return no_token(session, route, &error).await,
+            Err(error) => return no_token(session, route, &error).await.map(Some),
         };
         upstream = match open(session, shared, route, url, token.as_ref(), None).await {
             Ok(upstream) => upstream,
             Err(error) => {
-                return Ok(upstream_error_reply(session, shared, &route.name, &error).await);
+                return Ok(Some(
+                    upstream_error_reply(session, shared, &route.name, &error).await,
+                ));
             }
         };
         if refused(&upstream, route) {
             let reason = "the upstream refused the refreshed token";
             if let Err(error) = route.tokens.give_up(reason) {
                 upstream.shutdown().await;
-                return no_token(session, route, &error).await;
+                return no_token(session, route, &error).await.map(Some);
             }
         }
+    }
+    let status = upstream
+        .response_header()
+        .map(|header| header.status.as_u16());
+    if probe_legacy && matches!(status, Some(404 | 405)) {
+        upstream.shutdown().await;
+        return Ok(None);
     }
     relay_response(
         session,
@@ -89,6 +109,7 @@ pub(crate) async fn relay(
         cors,
     )
     .await
+    .map(Some)
 }
 
 /// Sends a request once more with its whole `body`, after the upstream refused its token and
@@ -122,7 +143,7 @@ pub(crate) async fn resend(
 }
 
 /// Answers a stream past a bound: 503 when the gateway is full, 429 when the client is.
-async fn too_many_streams(
+pub(crate) async fn too_many_streams(
     session: &mut Session,
     shared: &Shared,
     route: &Route,
@@ -237,7 +258,7 @@ struct Pump<'a> {
 }
 
 /// Returns once the gateway closes its streams (never, if the signal goes away).
-async fn closed(closing: &mut tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn closed(closing: &mut tokio::sync::watch::Receiver<bool>) {
     if closing.wait_for(|closing| *closing).await.is_err() {
         std::future::pending::<()>().await;
     }
@@ -421,7 +442,7 @@ async fn relay_json_message(
 }
 
 /// Whether the upstream answered an OAuth route's stream with 401.
-fn refused(upstream: &HttpSession, route: &Route) -> bool {
+pub(crate) fn refused(upstream: &HttpSession, route: &Route) -> bool {
     route.tokens.kind() == "oauth"
         && upstream
             .response_header()
@@ -451,12 +472,24 @@ async fn open(
     token: Option<&AccessToken>,
     body: Option<Bytes>,
 ) -> pingora::Result<HttpSession> {
+    let request = upstream_request(session.req_header(), url)?;
+    open_request(shared, route, request, token, body).await
+}
+
+/// Sends `request` (a copy of the client's, or one the gateway made) upstream, with the
+/// route's headers and `token`, and reads the response header.
+pub(crate) async fn open_request(
+    shared: &Shared,
+    route: &Route,
+    mut request: RequestHeader,
+    token: Option<&AccessToken>,
+    body: Option<Bytes>,
+) -> pingora::Result<HttpSession> {
     let peer = route
         .upstream
         .peer(true)
         .await
         .map_err(|e| Error::because(ErrorType::ConnectNoRoute, "resolving the upstream", e))?;
-    let mut request = upstream_request(session.req_header(), url)?;
     headers::prepare_upstream(&mut request, route, token)
         .map_err(|e| Error::because(ErrorType::InternalError, "token is not a valid header", e))?;
     if let Some(body) = &body {

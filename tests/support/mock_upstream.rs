@@ -79,6 +79,9 @@ pub struct MockOptions {
     pub base_path: String,
     /// The form of the URL announced on the legacy SSE stream.
     pub legacy_endpoint: EndpointStyle,
+    /// Serve the legacy transport at all; without it `{base}/sse` answers 404, as
+    /// Streamable-HTTP-only servers do.
+    pub legacy: bool,
     /// Answer Streamable HTTP POSTs with `application/json` when the client accepts it, rather
     /// than with an SSE stream. `slow_stream` calls stream whenever the client accepts SSE.
     pub json_responses: bool,
@@ -129,6 +132,7 @@ impl Default for MockOptions {
             token: "test-token".to_owned(),
             base_path: String::new(),
             legacy_endpoint: EndpointStyle::Relative,
+            legacy: true,
             json_responses: true,
             prm: PrmMode::Header,
             as_metadata: AsMetadataMode::Oauth,
@@ -672,6 +676,9 @@ fn new_session_id() -> String {
 
 /// Opens a legacy session: announces where to post, then relays that session's replies.
 async fn legacy_sse(State(app): State<App>) -> Response {
+    if !app.options.legacy {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     let id = new_session_id();
     let (sender, receiver) = mpsc::unbounded_channel();
     lock(&app.state.legacy_sessions).insert(id.clone(), sender);

@@ -1,0 +1,408 @@
+//! The transport bridge over HTTP: a legacy SSE client in front of an upstream that speaks
+//! only Streamable HTTP. The handshake, answers and progress arrive on the client's stream
+//! in order, concurrent calls each get their own answer, a session belongs to the client
+//! that opened it, leaving ends the upstream session, and a client that stops reading loses
+//! its session instead of growing the gateway's memory.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::gateway::{TestGateway, single_route, start};
+use support::mock_upstream::{MockOptions, MockUpstream};
+use tokio::sync::mpsc;
+
+const TOKEN: &str = "test-token";
+
+async fn streamable_only() -> MockUpstream {
+    MockUpstream::start(MockOptions {
+        legacy: false,
+        ..Default::default()
+    })
+    .await
+}
+
+/// A legacy client's event stream: the events as they arrive, `(event, data)`.
+struct Stream {
+    events: mpsc::UnboundedReceiver<(String, String)>,
+    endpoint: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn open(base: &str, path: &str, key: Option<&str>) -> Stream {
+    let mut request = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .header("accept", "text/event-stream");
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let mut response = request.send().await.expect("open stream");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let (sender, mut events) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut buffer = String::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let mut event = String::new();
+                let mut data = Vec::new();
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("event: ") {
+                        event = value.to_owned();
+                    } else if let Some(value) = line.strip_prefix("data: ") {
+                        data.push(value);
+                    }
+                }
+                if !data.is_empty() && sender.send((event, data.join("\n"))).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let (event, endpoint) = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("an endpoint event in time")
+        .expect("an endpoint event");
+    assert_eq!(event, "endpoint");
+    Stream {
+        events,
+        endpoint,
+        task,
+    }
+}
+
+impl Stream {
+    /// The next JSON-RPC message on the stream.
+    async fn next(&mut self) -> Value {
+        let (event, data) = tokio::time::timeout(Duration::from_secs(10), self.events.recv())
+            .await
+            .expect("a message in time")
+            .expect("the stream is open");
+        assert_eq!(event, "message");
+        serde_json::from_str(&data).expect("a JSON message")
+    }
+
+    /// Messages until the one answering `id`, inclusive.
+    async fn until_answer(&mut self, id: u64) -> Vec<Value> {
+        let mut seen = Vec::new();
+        loop {
+            let message = self.next().await;
+            let done = message["id"] == id;
+            seen.push(message);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+async fn post(base: &str, endpoint: &str, message: &Value, key: Option<&str>) -> u16 {
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}{endpoint}"))
+        .json(message);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    request.send().await.expect("post").status().as_u16()
+}
+
+async fn handshake(base: &str, stream: &mut Stream, key: Option<&str>) -> Value {
+    let status = post(base, &stream.endpoint, &support::initialize_request(), key).await;
+    assert_eq!(status, 202);
+    let answer = stream.next().await;
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(post(base, &stream.endpoint, &initialized, key).await, 202);
+    answer
+}
+
+fn call(id: u64, tool: &str, arguments: Value) -> Value {
+    json!({
+        "jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments, "_meta": {"progressToken": id}},
+    })
+}
+
+async fn metric(gateway: &TestGateway, series: &str) -> i64 {
+    let text = reqwest::get(format!("{}/metrics", gateway.url()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map_or(0, |value| value as i64)
+}
+
+async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_legacy_client_talks_to_a_streamable_only_upstream_through_the_bridge() {
+    let upstream = streamable_only().await;
+    let gateway = single_route("/up", upstream.base_url(), TOKEN, "");
+    let base = gateway.url();
+    let mut stream = open(&base, "/up/sse", None).await;
+    assert!(
+        stream.endpoint.starts_with("/up/message?sessionId="),
+        "{}",
+        stream.endpoint
+    );
+
+    let answer = handshake(&base, &mut stream, None).await;
+    assert_eq!(answer["id"], 1);
+    assert_eq!(answer["result"]["serverInfo"]["name"], "mock-upstream");
+    // After initialize, every request carries the upstream's session and protocol version.
+    let listening = async || {
+        let requests = upstream.state().requests();
+        requests
+            .into_iter()
+            .find(|r| r.method == "GET" && r.path_without_query() == "/mcp")
+    };
+    assert!(
+        eventually(Duration::from_secs(5), async || listening().await.is_some()).await,
+        "the bridge listens on the upstream's GET stream"
+    );
+    let listener = listening().await.expect("GET");
+    let session = listener
+        .header("mcp-session-id")
+        .expect("session id")
+        .to_owned();
+    assert_eq!(listener.header("mcp-protocol-version"), Some("2025-11-25"));
+    assert_eq!(listener.header("authorization"), Some("Bearer test-token"));
+
+    // Progress first, then the answer, as the upstream sent them.
+    let slow = call(7, "slow_stream", json!({"steps": 3, "interval_ms": 20}));
+    assert_eq!(post(&base, &stream.endpoint, &slow, None).await, 202);
+    let seen = stream.until_answer(7).await;
+    let progress: Vec<&Value> = seen
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .collect();
+    assert_eq!(progress.len(), 3, "{seen:?}");
+    assert_eq!(seen.last().expect("answer")["id"], 7);
+    let posted = upstream.state().requests();
+    let sent = posted
+        .iter()
+        .rev()
+        .find(|r| r.method == "POST")
+        .expect("the call went upstream");
+    assert_eq!(sent.header("mcp-session-id"), Some(session.as_str()));
+
+    // Ten calls at once: each answer reaches the client, with its own id and text.
+    let calls = (100..110).map(|id| {
+        let (base, endpoint) = (base.clone(), stream.endpoint.clone());
+        async move {
+            let text = format!("call {id}");
+            post(
+                &base,
+                &endpoint,
+                &call(id, "echo", json!({"text": text})),
+                None,
+            )
+            .await
+        }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    assert!(statuses.iter().all(|status| *status == 202), "{statuses:?}");
+    let mut answered = std::collections::BTreeMap::new();
+    while answered.len() < 10 {
+        let message = stream.next().await;
+        let id = message["id"].as_u64().expect("an answer");
+        let text = message["result"]["content"][0]["text"].clone();
+        answered.insert(id, text);
+    }
+    for (id, text) in answered {
+        assert_eq!(text, format!("call {id}"));
+    }
+
+    // The client leaves: the upstream session is deleted and nothing stays open.
+    assert_eq!(metric(&gateway, "mcp_gateway_bridge_sessions").await, 1);
+    stream.task.abort();
+    drop(stream);
+    let state = upstream.state();
+    assert!(
+        eventually(Duration::from_secs(5), async || state.live_sessions() == 0).await,
+        "the upstream session was deleted"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || state.open_streams() == 0).await,
+        "the upstream GET stream was closed"
+    );
+    assert_eq!(metric(&gateway, "mcp_gateway_bridge_sessions").await, 0);
+    let open = r#"mcp_gateway_open_sse_streams{route="up"}"#;
+    assert_eq!(metric(&gateway, open).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bridge_session_answers_only_the_client_that_opened_it() {
+    let upstream = streamable_only().await;
+    let alice = "key-for-alice";
+    let bob = "key-for-bob";
+    let hash = |key: &str| {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("\"sha256:{hex}\"")
+    };
+    let keys = format!("api_keys = [{}, {}]", hash(alice), hash(bob));
+    let gateway = single_route("/up", upstream.base_url(), TOKEN, &keys);
+    let base = gateway.url();
+    let mut stream = open(&base, "/up/sse", Some(alice)).await;
+    handshake(&base, &mut stream, Some(alice)).await;
+
+    let ping = json!({"jsonrpc": "2.0", "id": 5, "method": "ping"});
+    assert_eq!(post(&base, &stream.endpoint, &ping, Some(bob)).await, 404);
+    assert_eq!(post(&base, &stream.endpoint, &ping, None).await, 401);
+    assert_eq!(post(&base, &stream.endpoint, &ping, Some(alice)).await, 202);
+    let answer = stream.next().await;
+    assert_eq!(answer["id"], 5);
+    assert!(answer.get("result").is_some(), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_loses_its_session_not_the_gateways_memory() {
+    let upstream = streamable_only().await;
+    let gateway = single_route("/up", upstream.base_url(), TOKEN, "");
+    let base = gateway.url();
+    // Opened, then never read again: the answers pile up in the socket, then the queue.
+    let response = reqwest::Client::new()
+        .get(format!("{base}/up/sse"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("open");
+    let mut response = response;
+    let first = response.chunk().await.expect("read").expect("endpoint");
+    let text = String::from_utf8_lossy(&first).into_owned();
+    let endpoint = text
+        .lines()
+        .find_map(|line| line.strip_prefix("data: "))
+        .expect("endpoint")
+        .to_owned();
+
+    let initialize = support::initialize_request();
+    assert_eq!(post(&base, &endpoint, &initialize, None).await, 202);
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(post(&base, &endpoint, &initialized, None).await, 202);
+
+    let big = "x".repeat(64 * 1024);
+    let mut posted = 0;
+    for id in 10..1010u64 {
+        let status = post(
+            &base,
+            &endpoint,
+            &call(id, "echo", json!({"text": big})),
+            None,
+        )
+        .await;
+        if status == 404 {
+            break;
+        }
+        assert_eq!(status, 202);
+        posted += 1;
+    }
+    assert!(posted > 256, "it held a full queue first ({posted} posted)");
+    let ended = eventually(Duration::from_secs(20), async || {
+        metric(&gateway, "mcp_gateway_bridge_sessions").await == 0
+    })
+    .await;
+    assert!(ended, "the session ended while its client did not read");
+    let ping = json!({"jsonrpc": "2.0", "id": 5, "method": "ping"});
+    assert_eq!(
+        post(&base, &endpoint, &ping, None).await,
+        404,
+        "the session is gone"
+    );
+    drop(response);
+    let state = upstream.state();
+    assert!(eventually(Duration::from_secs(5), async || state.live_sessions() == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transport_streamable_bridges_even_when_the_upstream_has_a_legacy_endpoint() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = start(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[[routes]]
+name = "up"
+prefix = "/up"
+upstream = "{}"
+transport = "streamable"
+auth = {{ kind = "bearer", token_file = "{{dir}}/upstream-token" }}
+"#,
+            upstream.base_url()
+        ),
+        &[("upstream-token", TOKEN)],
+    );
+    let mut stream = open(&gateway.url(), "/up/sse", None).await;
+    let answer = handshake(&gateway.url(), &mut stream, None).await;
+    assert_eq!(answer["result"]["serverInfo"]["name"], "mock-upstream");
+    let requests = upstream.state().requests();
+    assert!(
+        requests.iter().all(|r| r.path_without_query() != "/sse"),
+        "the upstream's legacy endpoint was never asked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tool_filter_applies_through_the_bridge() {
+    let upstream = streamable_only().await;
+    let gateway = start(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[[routes]]
+name = "up"
+prefix = "/up"
+upstream = "{}"
+auth = {{ kind = "bearer", token_file = "{{dir}}/upstream-token" }}
+[[routes.plugins]]
+kind = "tool_filter"
+deny = ["echo"]
+"#,
+            upstream.base_url()
+        ),
+        &[("upstream-token", TOKEN)],
+    );
+    let base = gateway.url();
+    let mut stream = open(&base, "/up/sse", None).await;
+    handshake(&base, &mut stream, None).await;
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    assert_eq!(post(&base, &stream.endpoint, &list, None).await, 202);
+    let tools = stream.next().await;
+    let names: Vec<&str> = tools["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|tool| tool["name"].as_str())
+        .collect();
+    assert!(
+        !names.contains(&"echo") && names.contains(&"slow_stream"),
+        "{names:?}"
+    );
+
+    let blocked = call(3, "echo", json!({"text": "no"}));
+    assert_eq!(post(&base, &stream.endpoint, &blocked, None).await, 202);
+    let answer = stream.next().await;
+    assert_eq!(answer["id"], 3);
+    assert_eq!(answer["error"]["code"], -32602, "{answer}");
+    assert_eq!(upstream.state().tool_calls("echo"), 0);
+}
