@@ -153,6 +153,9 @@ pub(crate) enum Transport {
     Auto,
     /// Streamable HTTP only: legacy clients are always bridged.
     Streamable,
+    /// The legacy transport only: legacy clients pass through, and Streamable HTTP clients
+    /// are bridged to it.
+    Sse,
 }
 
 /// One `[[routes]]` table. Two are equal when a reload can keep the route as it runs.

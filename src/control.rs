@@ -199,7 +199,8 @@ async fn metrics(session: &mut Session, shared: &Shared) -> pingora::Result<u16>
         let left = expires_at.map(|at| at as i64 - now);
         shared.metrics.token_expiry(name, left);
     }
-    shared.metrics.bridge_sessions(shared.bridges.len());
+    let bridged = shared.bridges.len() + shared.legacy_sessions.len();
+    shared.metrics.bridge_sessions(bridged);
     let headers = [(header::CONTENT_TYPE, "text/plain; version=0.0.4")];
     respond(session, 200, &headers, Bytes::from(shared.metrics.render())).await
 }

@@ -133,6 +133,8 @@ pub(crate) struct Shared {
     pub(crate) legacy: Arc<crate::proxy::legacy::LegacyStreams>,
     /// Legacy clients' sessions bridged to Streamable HTTP upstreams.
     pub(crate) bridges: crate::proxy::bridge::Bridges,
+    /// Streamable HTTP clients' sessions bridged to legacy upstreams.
+    pub(crate) legacy_sessions: crate::proxy::legacy_upstream::LegacySessions,
     /// The listeners' shutdown signal: pingora's, which an upgrade also sends by itself
     /// once a new process has the sockets.
     pub(crate) stop_listening: tokio::sync::watch::Sender<bool>,
@@ -502,6 +504,7 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
         csrf: crate::secret::Secret::new(oauth2::CsrfToken::new_random().secret().clone()),
         legacy: Arc::default(),
         bridges: crate::proxy::bridge::Bridges::default(),
+        legacy_sessions: crate::proxy::legacy_upstream::LegacySessions::default(),
         stop_listening: tokio::sync::watch::channel(false).0,
         closing: tokio::sync::watch::channel(false).0,
         listen_fds: upgrade::ListenTable::default(),
@@ -761,6 +764,7 @@ fn build_route(
         unreachable: std::sync::atomic::AtomicBool::new(false),
         transport: config.transport,
         no_legacy: std::sync::atomic::AtomicBool::new(false),
+        no_streamable: std::sync::atomic::AtomicBool::new(false),
     })
 }
 

@@ -124,7 +124,7 @@ impl Metrics {
         .expect("static metric definition");
         let bridge_sessions = IntGauge::new(
             "bridge_sessions",
-            "Legacy SSE clients' sessions bridged to Streamable HTTP upstreams",
+            "Client sessions bridged from one MCP transport to the other",
         )
         .expect("static metric definition");
         for collector in [

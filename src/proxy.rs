@@ -13,6 +13,7 @@ pub(crate) mod headers;
 pub(crate) mod inbound;
 pub(crate) mod jsonrpc;
 pub(crate) mod legacy;
+pub(crate) mod legacy_upstream;
 pub(crate) mod origin;
 pub(crate) mod replay;
 pub(crate) mod reply;
@@ -262,10 +263,13 @@ impl ProxyHttp for GatewayProxy {
     /// ends here, and [`Self::fail_to_proxy`] refreshes the token and sends it once more.
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        if let Some(route) = &ctx.route {
+            learn_transport(route, session.req_header(), upstream_response);
+        }
         let oauth = ctx
             .route
             .as_ref()
@@ -653,22 +657,21 @@ impl GatewayProxy {
         if declared.is_some_and(|length| length > route.max_body_bytes) {
             return self.body_too_large(session, &route).await.map(Some);
         }
-        let client = || {
-            ctx.client
+        if route.bridges_legacy() || route.bridges_streamable() {
+            // Bridge sessions belong to a client, so here the caller matters.
+            let client = ctx
+                .client
                 .clone()
-                .unwrap_or_else(|| inbound.client(session))
-        };
-        let bridged = bridge::handle(
-            session,
-            &self.shared,
-            &route,
-            rest,
-            client(),
-            ctx.cors.as_deref(),
-        )
-        .await?;
-        if bridged.is_some() {
-            return Ok(bridged);
+                .unwrap_or_else(|| inbound.client(session));
+            let cors = ctx.cors.as_deref();
+            let bridged = if route.bridges_streamable() {
+                legacy_upstream::handle(session, &self.shared, &route, rest, client).await?
+            } else {
+                bridge::handle(session, &self.shared, &route, rest, client, cors).await?
+            };
+            if bridged.is_some() {
+                return Ok(bridged);
+            }
         }
         let token = match route.tokens.bearer().await {
             Ok(token) => token,
@@ -864,6 +867,27 @@ fn client_went_away(error: &Error) -> bool {
 }
 
 /// A `GET` for an event stream: relayed by the gateway's own stream loop.
+/// On an `auto` route, a session-opening `POST {prefix}/mcp` that the upstream answers with
+/// 404 or 405 shows it has no Streamable HTTP endpoint: later ones are bridged to its legacy
+/// endpoint. This client gets the answer as it is, which tells a client that can to fall
+/// back to the legacy transport itself, as the MCP specification has clients do.
+fn learn_transport(route: &Route, request: &RequestHeader, response: &ResponseHeader) {
+    let opening = request.method == http::Method::POST
+        && !request.headers.contains_key("mcp-session-id")
+        && route.transport == crate::config::Transport::Auto
+        && request
+            .uri
+            .path()
+            .strip_prefix(route.prefix.trim_end_matches('/'))
+            == Some("/mcp");
+    if opening && matches!(response.status.as_u16(), 404 | 405) && !route.bridges_streamable() {
+        route
+            .no_streamable
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(route = %route.name, "the upstream has no Streamable HTTP endpoint: Streamable HTTP clients are bridged to its legacy endpoint from now on");
+    }
+}
+
 fn is_event_stream_get(request: &RequestHeader) -> bool {
     request.method == http::Method::GET && headers::accepts_event_stream(request)
 }

@@ -41,6 +41,9 @@ pub(crate) struct Route {
     /// The upstream answered a legacy `/sse` request with 404 or 405: it speaks only
     /// Streamable HTTP, and legacy clients are bridged from now on.
     pub(crate) no_legacy: AtomicBool,
+    /// The upstream answered a session-opening `POST /mcp` with 404 or 405: it speaks only
+    /// the legacy transport, and Streamable HTTP clients are bridged from now on.
+    pub(crate) no_streamable: AtomicBool,
 }
 
 impl Route {
@@ -65,6 +68,12 @@ impl Route {
     pub(crate) fn bridges_legacy(&self) -> bool {
         self.transport == crate::config::Transport::Streamable
             || self.no_legacy.load(Ordering::Relaxed)
+    }
+
+    /// Whether a Streamable HTTP client's `{prefix}/mcp` is served by the bridge.
+    pub(crate) fn bridges_streamable(&self) -> bool {
+        self.transport == crate::config::Transport::Sse
+            || self.no_streamable.load(Ordering::Relaxed)
     }
 
     pub(crate) fn upstream_unreachable(&self) -> bool {

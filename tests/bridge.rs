@@ -406,3 +406,214 @@ deny = ["echo"]
     assert_eq!(answer["error"]["code"], -32602, "{answer}");
     assert_eq!(upstream.state().tool_calls("echo"), 0);
 }
+
+// --- Streamable HTTP clients in front of a legacy-only upstream (`transport = "sse"`) ---
+
+fn legacy_route(upstream: &MockUpstream, server_extra: &str) -> TestGateway {
+    start(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+{server_extra}
+[[routes]]
+name = "up"
+prefix = "/up"
+upstream = "{}"
+transport = "sse"
+auth = {{ kind = "bearer", token_file = "{{dir}}/upstream-token" }}
+"#,
+            upstream.base_url()
+        ),
+        &[("upstream-token", TOKEN)],
+    )
+}
+
+/// A Streamable HTTP `POST` to the gateway: status, session id, and the messages of the
+/// answer (one JSON body, or the events of an event stream).
+async fn streamable(
+    base: &str,
+    session: Option<&str>,
+    message: &Value,
+    accept: &str,
+    key: Option<&str>,
+) -> (u16, Option<String>, Vec<Value>) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}/up/mcp"))
+        .header("accept", accept)
+        .json(message);
+    if let Some(session) = session {
+        request = request.header("mcp-session-id", session);
+    }
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("post");
+    let status = response.status().as_u16();
+    let id = response
+        .headers()
+        .get("mcp-session-id")
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    let is_stream = response.headers().get("content-type").is_some_and(|v| {
+        v.to_str()
+            .unwrap_or_default()
+            .starts_with("text/event-stream")
+    });
+    let text = response.text().await.expect("body");
+    let messages = if is_stream {
+        text.split("\n\n")
+            .filter_map(|event| {
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("data: "))
+                    .collect();
+                serde_json::from_str(&data.join("\n")).ok()
+            })
+            .collect()
+    } else {
+        serde_json::from_str(&text).into_iter().collect()
+    };
+    (status, id, messages)
+}
+
+const BOTH: &str = "application/json, text/event-stream";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamable_client_talks_to_a_legacy_only_upstream_through_the_bridge() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = legacy_route(&upstream, "");
+    let base = gateway.url();
+
+    let (status, id, answer) =
+        streamable(&base, None, &support::initialize_request(), BOTH, None).await;
+    assert_eq!(status, 200, "{answer:?}");
+    let id = id.expect("a session id");
+    assert_eq!(answer[0]["result"]["serverInfo"]["name"], "mock-upstream");
+    assert_eq!(
+        upstream.state().open_streams(),
+        1,
+        "one upstream stream per session"
+    );
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (status, _, _) = streamable(&base, Some(&id), &initialized, BOTH, None).await;
+    assert_eq!(status, 202);
+
+    // Progress first, then the answer, on the request's own event stream.
+    let slow = call(7, "slow_stream", json!({"steps": 3, "interval_ms": 20}));
+    let (status, _, messages) = streamable(&base, Some(&id), &slow, BOTH, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(messages.len(), 4, "{messages:?}");
+    assert!(
+        messages[..3]
+            .iter()
+            .all(|m| m["method"] == "notifications/progress")
+    );
+    assert_eq!(messages[3]["id"], 7);
+
+    // A client that takes JSON only gets the answer alone.
+    let echo = call(8, "echo", json!({"text": "json"}));
+    let (_, _, messages) = streamable(&base, Some(&id), &echo, "application/json", None).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0]["result"]["content"][0]["text"], "json");
+
+    // Ten calls at once, each answered with its own response.
+    let calls = (100..110).map(|n| {
+        let (base, id) = (base.clone(), id.clone());
+        async move {
+            let message = call(n, "echo", json!({"text": format!("call {n}")}));
+            let (_, _, answer) = streamable(&base, Some(&id), &message, BOTH, None).await;
+            (n, answer)
+        }
+    });
+    for (n, answer) in futures::future::join_all(calls).await {
+        let last = answer.last().expect("an answer");
+        assert_eq!(last["id"], n);
+        assert_eq!(last["result"]["content"][0]["text"], format!("call {n}"));
+    }
+
+    // DELETE ends the session and the upstream stream.
+    let deleted = reqwest::Client::new()
+        .delete(format!("{base}/up/mcp"))
+        .header("mcp-session-id", &id)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(deleted.status(), 200);
+    let state = upstream.state();
+    assert!(eventually(Duration::from_secs(5), async || state.open_streams() == 0).await);
+    let ping = json!({"jsonrpc": "2.0", "id": 9, "method": "ping"});
+    let (status, _, _) = streamable(&base, Some(&id), &ping, BOTH, None).await;
+    assert_eq!(status, 404, "the session is gone");
+    assert_eq!(metric(&gateway, "mcp_gateway_bridge_sessions").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_the_legacy_upstream_never_answers_gets_an_error_after_the_read_timeout() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = legacy_route(&upstream, "read_timeout_secs = 1");
+    let base = gateway.url();
+    let (_, id, _) = streamable(&base, None, &support::initialize_request(), BOTH, None).await;
+    let id = id.expect("session");
+    let endless = call(
+        3,
+        "slow_stream",
+        json!({"steps": 1000, "interval_ms": 1000}),
+    );
+    let started = Instant::now();
+    let (status, _, messages) =
+        streamable(&base, Some(&id), &endless, "application/json", None).await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let answer = &messages[0];
+    assert_eq!(answer["id"], 3);
+    assert_eq!(answer["error"]["code"], -32001, "{answer}");
+    let text = answer["error"]["message"].as_str().expect("message");
+    assert!(text.contains("server.read_timeout_secs"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bridged_streamable_session_answers_only_its_own_client() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let hash = |key: &str| {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("\"sha256:{hex}\"")
+    };
+    let keys = format!("api_keys = [{}, {}]", hash("alice"), hash("bob"));
+    let gateway = legacy_route(&upstream, &keys);
+    let base = gateway.url();
+    let initialize = support::initialize_request();
+    let (status, id, _) = streamable(&base, None, &initialize, BOTH, Some("alice")).await;
+    assert_eq!(status, 200);
+    let id = id.expect("session");
+    let ping = json!({"jsonrpc": "2.0", "id": 4, "method": "ping"});
+    let (status, _, _) = streamable(&base, Some(&id), &ping, BOTH, Some("bob")).await;
+    assert_eq!(status, 404);
+    let (status, _, answer) = streamable(&base, Some(&id), &ping, BOTH, Some("alice")).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer.last().expect("pong")["id"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_auto_route_learns_that_its_upstream_has_only_the_legacy_transport() {
+    let upstream = MockUpstream::start(MockOptions {
+        streamable: false,
+        ..Default::default()
+    })
+    .await;
+    let gateway = single_route("/up", upstream.base_url(), TOKEN, "");
+    let base = gateway.url();
+    let initialize = support::initialize_request();
+    // The first attempt gets the upstream's own 404, which tells a client to fall back.
+    let (status, _, _) = streamable(&base, None, &initialize, BOTH, None).await;
+    assert_eq!(status, 404);
+    let (status, id, answer) = streamable(&base, None, &initialize, BOTH, None).await;
+    assert_eq!(status, 200, "{answer:?}");
+    assert!(id.is_some());
+    assert_eq!(answer[0]["result"]["serverInfo"]["name"], "mock-upstream");
+    // Legacy clients still pass straight through.
+    let stream = open(&base, "/up/sse", None).await;
+    assert!(stream.endpoint.starts_with("/up/message?sessionId="));
+    assert_eq!(metric(&gateway, "mcp_gateway_bridge_sessions").await, 1);
+}

@@ -86,7 +86,7 @@ async fn python_sdk_client_works_over_legacy_sse() {
 
 /// With `tool_filter` on the route, the SDK client lists only the tools left and is refused
 /// a filtered one, which never reaches the upstream; progress notifications still stream.
-async fn check_tool_filter(transport: &str, path: &str, legacy: bool) {
+async fn check_tool_filter(transport: &str, path: &str, legacy: bool, route_transport: &str) {
     let upstream = MockUpstream::start(MockOptions {
         token: TOKEN.into(),
         base_path: "/v1".into(),
@@ -103,6 +103,7 @@ listen = "127.0.0.1:0"
 name = "mock"
 prefix = "/mock"
 upstream = "{}"
+transport = "{route_transport}"
 auth = {{ kind = "bearer", token_file = "{{dir}}/upstream-token" }}
 [[routes.plugins]]
 kind = "tool_filter"
@@ -142,25 +143,51 @@ deny = ["admin_*", "who?mi"]
 
 #[tokio::test(flavor = "multi_thread")]
 async fn python_sdk_sees_only_allowed_tools_over_streamable_http() {
-    check_tool_filter("streamable", "/mock/mcp", true).await;
+    check_tool_filter("streamable", "/mock/mcp", true, "auto").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn python_sdk_sees_only_allowed_tools_over_legacy_sse() {
-    check_tool_filter("sse", "/mock/sse", true).await;
+    check_tool_filter("sse", "/mock/sse", true, "auto").await;
+}
+
+/// The Streamable HTTP client in front of a legacy-only upstream: through the bridge.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_sees_only_allowed_tools_through_the_bridge_to_a_legacy_upstream() {
+    check_tool_filter("streamable", "/mock/mcp", true, "sse").await;
 }
 
 /// The legacy client in front of a Streamable-HTTP-only upstream: through the bridge.
 #[tokio::test(flavor = "multi_thread")]
 async fn python_sdk_sees_only_allowed_tools_through_the_bridge() {
-    check_tool_filter("sse", "/mock/sse", false).await;
+    check_tool_filter("sse", "/mock/sse", false, "auto").await;
 }
 
 /// The reference `server-everything` in `mode` behind a bearer route; the SDK client goes
 /// through the gateway at `path` over `transport`.
 async fn check_server_everything(mode: &str, transport: &str, path: &str) {
     let server = NodeServer::start(&server_everything(), &[mode]);
-    let gateway = single_route("/everything", &server.url, TOKEN, "");
+    // The legacy-only server is reached by Streamable HTTP clients through the bridge.
+    let route_transport = match (mode, transport) {
+        ("sse", "streamable") => "sse",
+        _ => "auto",
+    };
+    let gateway = support::gateway::start(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[[routes]]
+name = "everything"
+prefix = "/everything"
+upstream = "{}"
+transport = "{route_transport}"
+auth = {{ kind = "bearer", token_file = "{{dir}}/upstream-token" }}
+"#,
+            server.url
+        ),
+        &[("upstream-token", TOKEN)],
+    );
     let url = format!("{}{path}", gateway.url());
     let transport_owned = transport.to_owned();
     let summary = tokio::task::spawn_blocking(move || {
@@ -199,6 +226,12 @@ async fn python_sdk_client_reaches_server_everything_over_streamable_http() {
 #[tokio::test(flavor = "multi_thread")]
 async fn python_sdk_client_reaches_server_everything_over_legacy_sse() {
     check_server_everything("sse", "sse", "/everything/sse").await;
+}
+
+/// The SDK's Streamable HTTP client, bridged to server-everything's legacy SSE mode.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_streamable_client_reaches_server_everything_sse_through_the_bridge() {
+    check_server_everything("sse", "streamable", "/everything/mcp").await;
 }
 
 /// The SDK's legacy SSE client, bridged to server-everything's Streamable HTTP mode, which

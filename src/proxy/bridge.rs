@@ -164,7 +164,8 @@ impl Drop for Registered {
                 let Ok(request) = bridge.request(Method::DELETE, "application/json") else {
                     return;
                 };
-                if let Ok(mut upstream) = send(&shared, &bridge.route, request, None).await {
+                if let Ok(mut upstream) = send_request(&shared, &bridge.route, request, None).await
+                {
                     upstream.shutdown().await;
                 }
             });
@@ -378,7 +379,7 @@ async fn forward(shared: Arc<Shared>, bridge: Arc<Bridge>, message: Value, body:
             Ok(request)
         });
     let upstream = match request {
-        Ok(request) => send(&shared, &bridge.route, request, Some(body)).await,
+        Ok(request) => send_request(&shared, &bridge.route, request, Some(body)).await,
         Err(error) => Err(Failure::Upstream(error)),
     };
     let mut upstream = match upstream {
@@ -502,7 +503,7 @@ async fn listen(shared: Arc<Shared>, bridge: Arc<Bridge>) {
             });
         let Ok(request) = request else { return };
         let opened = Instant::now();
-        match send(&shared, &bridge.route, request, None).await {
+        match send_request(&shared, &bridge.route, request, None).await {
             Ok(upstream) => {
                 let Some(response) = upstream.response_header().cloned() else {
                     return;
@@ -545,13 +546,14 @@ async fn listen(shared: Arc<Shared>, bridge: Arc<Bridge>) {
 }
 
 /// Why a message could not be sent upstream.
-enum Failure {
+pub(crate) enum Failure {
     Token(crate::token::TokenError),
     Upstream(Box<pingora::Error>),
 }
 
 impl Failure {
-    fn text(&self, shared: &Shared, route: &Route) -> String {
+    /// What to tell the client; an upstream failure is counted too.
+    pub(crate) fn text(&self, shared: &Shared, route: &Route) -> String {
         match self {
             Failure::Token(error) => reply::no_token(&route.name, error).1["message"]
                 .as_str()
@@ -572,7 +574,7 @@ impl Failure {
 
 /// Sends `request` with the route's token; after a refused token, refreshes it and sends
 /// once more, as every proxied request does.
-async fn send(
+pub(crate) async fn send_request(
     shared: &Shared,
     route: &Route,
     request: RequestHeader,
@@ -623,7 +625,7 @@ async fn error_text(upstream: &mut HttpSession) -> String {
 }
 
 /// An upstream response body as a stream of chunks, for the SSE parser.
-fn body_stream(
+pub(crate) fn body_stream(
     upstream: HttpSession,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Box<pingora::Error>>> {
     futures_util::stream::unfold(Some(upstream), |state| async move {

@@ -82,6 +82,9 @@ pub struct MockOptions {
     /// Serve the legacy transport at all; without it `{base}/sse` answers 404, as
     /// Streamable-HTTP-only servers do.
     pub legacy: bool,
+    /// Serve Streamable HTTP at all; without it `POST {base}/mcp` answers 404, as
+    /// legacy-only servers do.
+    pub streamable: bool,
     /// Answer Streamable HTTP POSTs with `application/json` when the client accepts it, rather
     /// than with an SSE stream. `slow_stream` calls stream whenever the client accepts SSE.
     pub json_responses: bool,
@@ -133,6 +136,7 @@ impl Default for MockOptions {
             base_path: String::new(),
             legacy_endpoint: EndpointStyle::Relative,
             legacy: true,
+            streamable: true,
             json_responses: true,
             prm: PrmMode::Header,
             as_metadata: AsMetadataMode::Oauth,
@@ -534,6 +538,9 @@ enum ReplyFormat {
 }
 
 async fn post_mcp(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    if !app.options.streamable {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     let request = match Incoming::parse(&body) {
         Ok(Incoming::Request(request)) => request,
         Ok(Incoming::NotificationOrResponse) => {
