@@ -17,7 +17,8 @@
 //! server: a route on `localhost` must refuse a rebound `Host`/`Origin` and serve its own.
 //! And every server scenario runs against the reference `server-everything`, directly and
 //! through a gateway route in front of it: no check that passes directly may fail through
-//! the gateway.
+//! the gateway, nor through the bridge to the server's legacy SSE mode (the suite's client
+//! speaks Streamable HTTP, so only that direction of the bridge can be graded this way).
 
 mod support;
 
@@ -310,5 +311,43 @@ async fn in_front_of_server_everything_the_gateway_loses_no_server_check() {
             .values()
             .filter(|status| *status == "SUCCESS")
             .count()
+    );
+}
+
+/// The checks that pass against server-everything's Streamable HTTP mode directly also
+/// pass against its legacy SSE mode behind a `transport = "sse"` route: the conformance
+/// suite's Streamable HTTP client is bridged to the legacy transport.
+#[tokio::test(flavor = "multi_thread")]
+async fn through_the_bridge_to_a_legacy_server_the_gateway_loses_no_server_check() {
+    let streamable = NodeServer::start(&server_everything(), &["streamableHttp"]);
+    let legacy = NodeServer::start(&server_everything(), &["sse"]);
+    let gateway = support::gateway::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nname = \"everything\"\n\
+             prefix = \"/everything\"\nupstream = \"{}\"\ntransport = \"sse\"\n\
+             auth = {{ kind = \"none\" }}\n",
+            legacy.url
+        ),
+        &[],
+    );
+    let port = gateway.running.local_addr().port();
+    let direct = server_checks(format!("{}/mcp", streamable.url)).await;
+    let bridged = server_checks(format!("http://localhost:{port}/everything/mcp")).await;
+    let passed_directly: Vec<&String> = direct
+        .iter()
+        .filter(|(_, status)| *status == "SUCCESS")
+        .map(|(check, _)| check)
+        .collect();
+    assert!(passed_directly.len() >= 10, "{direct:?}");
+    let lost: Vec<String> = passed_directly
+        .iter()
+        .filter(|check| bridged.get(**check).map(String::as_str) != Some("SUCCESS"))
+        .map(|check| format!("{check}: {:?}", bridged.get(*check)))
+        .collect();
+    assert!(lost.is_empty(), "checks lost through the bridge: {lost:?}");
+    println!(
+        "server checks passed: {} directly, {} through the bridge",
+        passed_directly.len(),
+        bridged.values().filter(|status| *status == "SUCCESS").count()
     );
 }
