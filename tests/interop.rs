@@ -1,7 +1,10 @@
 //! A real MCP client that nobody here wrote: the official Python SDK, driven through the
-//! gateway over both transports against the mock upstream, and against a real server
-//! nobody here wrote either, the reference `server-everything`, in its Streamable HTTP and
-//! its legacy SSE mode.
+//! gateway over both transports against the mock upstream, and against real servers nobody
+//! here wrote either: the reference `server-everything` in its Streamable HTTP and legacy
+//! SSE modes (behind `tests/interop/bearer_proxy.py`, since it checks no token itself), and
+//! a server built with the Python SDK (`tests/interop/python_server.py`, with a bearer check
+//! of its own). Every pair of client and server transports runs, through the bridge where
+//! the two differ.
 //!
 //! The client runs from the virtualenv that `scripts/interop-venv.sh` prepares (the README's
 //! test command and CI run it first); `INTEROP_PYTHON` may name another interpreter.
@@ -163,10 +166,17 @@ async fn python_sdk_sees_only_allowed_tools_through_the_bridge() {
     check_tool_filter("sse", "/mock/sse", false, "auto").await;
 }
 
-/// The reference `server-everything` in `mode` behind a bearer route; the SDK client goes
-/// through the gateway at `path` over `transport`.
+/// The reference `server-everything` in `mode`, behind a bearer check (it has none of its
+/// own) and a bearer route; the SDK client goes through the gateway at `path` over
+/// `transport`.
 async fn check_server_everything(mode: &str, transport: &str, path: &str) {
-    let server = NodeServer::start(&server_everything(), &[mode]);
+    let everything = NodeServer::start(&server_everything(), &[mode]);
+    let server = PythonServer::bearer_check(&everything.url);
+    let endpoint = if mode == "sse" { "sse" } else { "mcp" };
+    let refused = reqwest::get(format!("{}/{endpoint}", server.url))
+        .await
+        .expect("direct request");
+    assert_eq!(refused.status(), 401, "the bearer check in front");
     // The legacy-only server is reached by Streamable HTTP clients through the bridge.
     let route_transport = match (mode, transport) {
         ("sse", "streamable") => "sse",
@@ -239,4 +249,130 @@ async fn python_sdk_streamable_client_reaches_server_everything_sse_through_the_
 #[tokio::test(flavor = "multi_thread")]
 async fn python_sdk_legacy_client_reaches_server_everything_streamable_through_the_bridge() {
     check_server_everything("streamableHttp", "sse", "/everything/sse").await;
+}
+
+/// A Python script of `tests/interop` serving HTTP on loopback (the Python SDK server, or
+/// the bearer check in front of server-everything); killed when dropped.
+struct PythonServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PythonServer {
+    /// The Python SDK server over `transport`, behind its own bearer check.
+    fn start(transport: &str) -> PythonServer {
+        Self::run(
+            "python_server.py",
+            &["--transport", transport, "--token", TOKEN],
+        )
+    }
+
+    /// A bearer check in front of `upstream`, which has none.
+    fn bearer_check(upstream: &str) -> PythonServer {
+        Self::run(
+            "bearer_proxy.py",
+            &["--upstream", upstream, "--token", TOKEN],
+        )
+    }
+
+    fn run(script: &str, args: &[&str]) -> PythonServer {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(python())
+            .arg(repo_file(&format!("tests/interop/{script}")))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the Python server");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let address = stdout
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("listening on ").map(str::to_owned))
+            .expect("the server says where it listens");
+        PythonServer {
+            child,
+            url: format!("http://{address}"),
+        }
+    }
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python SDK client over `client` through a route to the Python SDK server over
+/// `server`, bridged where the two differ.
+async fn check_python_server(server: &str, client: &str) {
+    let upstream = PythonServer::start(server);
+    let refused = reqwest::Client::new()
+        .post(format!("{}/mcp", upstream.url))
+        .json(&support::initialize_request())
+        .send()
+        .await
+        .expect("direct request");
+    assert_eq!(refused.status(), 401, "the server checks its bearer token");
+    let route_transport = if server == "sse" { "sse" } else { "streamable" };
+    let gateway = support::gateway::start(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[[routes]]
+name = "py"
+prefix = "/py"
+upstream = "{}"
+transport = "{route_transport}"
+auth = {{ kind = "bearer", token_file = "{{dir}}/upstream-token" }}
+"#,
+            upstream.url
+        ),
+        &[("upstream-token", TOKEN)],
+    );
+    let path = if client == "sse" {
+        "/py/sse"
+    } else {
+        "/py/mcp"
+    };
+    let url = format!("{}{path}", gateway.url());
+    let client = client.to_owned();
+    let summary = tokio::task::spawn_blocking(move || {
+        let args = [
+            "--echo-arg",
+            "text",
+            "--slow-tool",
+            "count",
+            "--slow-args",
+            r#"{"steps": 3}"#,
+        ];
+        run_client(&client, &url, &args)
+    })
+    .await
+    .expect("client thread");
+    assert_eq!(summary["echo"], "hello through the gateway", "{summary}");
+    assert_eq!(summary["progress"], 3, "{summary}");
+    assert_eq!(summary["slow_result"], "counted 3", "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_client_and_server_over_streamable_http() {
+    check_python_server("streamable", "streamable").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_client_and_server_over_legacy_sse() {
+    check_python_server("sse", "sse").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_legacy_client_to_streamable_server_through_the_bridge() {
+    check_python_server("streamable", "sse").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_streamable_client_to_legacy_server_through_the_bridge() {
+    check_python_server("sse", "streamable").await;
 }
