@@ -617,3 +617,72 @@ async fn an_auto_route_learns_that_its_upstream_has_only_the_legacy_transport() 
     assert!(stream.endpoint.starts_with("/up/message?sessionId="));
     assert_eq!(metric(&gateway, "mcp_gateway_bridge_sessions").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancellation_reaches_the_upstream_through_both_bridges_while_its_call_runs() {
+    let cancel = |id: u64| {
+        json!({
+            "jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": id, "reason": "the person gave up"},
+        })
+    };
+
+    // A legacy client, bridged to a Streamable-HTTP-only upstream.
+    let upstream = streamable_only().await;
+    let gateway = single_route("/up", upstream.base_url(), TOKEN, "");
+    let base = gateway.url();
+    let mut stream = open(&base, "/up/sse", None).await;
+    handshake(&base, &mut stream, None).await;
+    let long = call(21, "slow_stream", json!({"steps": 50, "interval_ms": 100}));
+    assert_eq!(post(&base, &stream.endpoint, &long, None).await, 202);
+    let first = stream.next().await;
+    assert_eq!(
+        first["method"], "notifications/progress",
+        "the call is under way"
+    );
+    assert_eq!(post(&base, &stream.endpoint, &cancel(21), None).await, 202);
+    let state = upstream.state();
+    let arrived = eventually(Duration::from_secs(2), async || {
+        !state.notifications("notifications/cancelled").is_empty()
+    })
+    .await;
+    assert!(
+        arrived,
+        "the cancellation did not wait for the call it cancels"
+    );
+    assert_eq!(
+        state.notifications("notifications/cancelled")[0]["params"]["requestId"],
+        21
+    );
+
+    // A Streamable HTTP client, bridged to a legacy-only upstream.
+    let upstream = MockUpstream::start(MockOptions {
+        streamable: false,
+        ..Default::default()
+    })
+    .await;
+    let gateway = legacy_route(&upstream, "");
+    let base = gateway.url();
+    let (_, id, _) = streamable(&base, None, &support::initialize_request(), BOTH, None).await;
+    let id = id.expect("session");
+    let call_base = base.clone();
+    let session = id.clone();
+    let running = tokio::spawn(async move {
+        let long = call(22, "slow_stream", json!({"steps": 50, "interval_ms": 100}));
+        streamable(&call_base, Some(&session), &long, BOTH, None).await
+    });
+    let state = upstream.state();
+    assert!(
+        eventually(Duration::from_secs(2), async || state
+            .tool_calls("slow_stream")
+            == 1)
+        .await
+    );
+    let (status, _, _) = streamable(&base, Some(&id), &cancel(22), BOTH, None).await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        state.notifications("notifications/cancelled")[0]["params"]["requestId"],
+        22
+    );
+    running.abort();
+}

@@ -419,7 +419,12 @@ async fn exchange(
     if !streams {
         // JSON only: progress has nowhere to go; wait for the response.
         let answer = loop {
-            match tokio::time::timeout_at(deadline, answered.recv()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, answered.recv()) => next,
+                // The client left: nobody waits for the answer any more.
+                _ = session.read_body_or_idle(true) => break None,
+            };
+            match next {
                 Ok(Some(answer)) if answer.get("method").is_none() => break Some(answer),
                 Ok(Some(_progress)) => continue,
                 Ok(None) => break None,
@@ -445,7 +450,10 @@ async fn exchange(
         .write_response_header(Box::new(response), false)
         .await?;
     loop {
-        let next = tokio::time::timeout_at(deadline, answered.recv()).await;
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(deadline, answered.recv()) => next,
+            _ = session.read_body_or_idle(true) => break,
+        };
         let (event, last) = match next {
             Ok(Some(message)) => {
                 let last = message.get("method").is_none();

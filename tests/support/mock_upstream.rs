@@ -302,6 +302,8 @@ pub struct MockState {
     oauth: Arc<OAuthState>,
     /// `tools/call` requests answered, by tool name, on either transport.
     tool_calls: Mutex<HashMap<String, usize>>,
+    /// Notifications clients sent, on either transport, oldest first.
+    notifications: Mutex<Vec<Value>>,
 }
 
 impl MockState {
@@ -342,6 +344,24 @@ impl MockState {
     /// How many `tools/call` requests of `tool` reached the mock.
     pub fn tool_calls(&self, tool: &str) -> usize {
         lock(&self.tool_calls).get(tool).copied().unwrap_or(0)
+    }
+
+    /// The notifications named `method` that clients sent, oldest first.
+    pub fn notifications(&self, method: &str) -> Vec<Value> {
+        lock(&self.notifications)
+            .iter()
+            .filter(|message| message["method"] == method)
+            .cloned()
+            .collect()
+    }
+
+    fn note_notification(&self, body: &[u8]) {
+        if let Ok(message) = serde_json::from_slice::<Value>(body)
+            && message.get("method").is_some()
+            && message.get("id").is_none()
+        {
+            lock(&self.notifications).push(message);
+        }
     }
 
     fn note_call(&self, request: &RpcRequest) {
@@ -541,6 +561,7 @@ async fn post_mcp(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
     if !app.options.streamable {
         return StatusCode::NOT_FOUND.into_response();
     }
+    app.state.note_notification(&body);
     let request = match Incoming::parse(&body) {
         Ok(Incoming::Request(request)) => request,
         Ok(Incoming::NotificationOrResponse) => {
@@ -729,6 +750,7 @@ async fn legacy_message(
         lock(&app.state.legacy_sessions).remove(id);
         return rpc_refusal(StatusCode::NOT_FOUND, "session stream closed");
     }
+    app.state.note_notification(&body);
     let request = match Incoming::parse(&body) {
         Ok(Incoming::Request(request)) => request,
         Ok(Incoming::NotificationOrResponse) => return StatusCode::ACCEPTED.into_response(),
