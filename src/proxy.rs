@@ -657,6 +657,15 @@ impl GatewayProxy {
         if declared.is_some_and(|length| length > route.max_body_bytes) {
             return self.body_too_large(session, &route).await.map(Some);
         }
+        if is_oauth_discovery(rest) {
+            // A client that found the upstream's OAuth metadata would try to sign in to it
+            // itself, and then send tokens the gateway must not forward.
+            let body = reply::error_body(
+                "not_found",
+                "this gateway signs in to the upstream itself: MCP clients need no OAuth here",
+            );
+            return reply::json(session, 404, &body).await.map(Some);
+        }
         if route.bridges_legacy() || route.bridges_streamable() {
             // Bridge sessions belong to a client, so here the caller matters.
             let client = ctx
@@ -664,10 +673,11 @@ impl GatewayProxy {
                 .clone()
                 .unwrap_or_else(|| inbound.client(session));
             let cors = ctx.cors.as_deref();
+            let method = &mut ctx.rpc_method;
             let bridged = if route.bridges_streamable() {
-                legacy_upstream::handle(session, &self.shared, &route, rest, client).await?
+                legacy_upstream::handle(session, &self.shared, &route, rest, client, method).await?
             } else {
-                bridge::handle(session, &self.shared, &route, rest, client, cors).await?
+                bridge::handle(session, &self.shared, &route, rest, client, cors, method).await?
             };
             if bridged.is_some() {
                 return Ok(bridged);
@@ -867,6 +877,21 @@ fn client_went_away(error: &Error) -> bool {
 }
 
 /// A `GET` for an event stream: relayed by the gateway's own stream loop.
+/// Whether `rest` asks for OAuth or OpenID discovery metadata, at the root of the route or
+/// appended to a path (as RFC 8414 and RFC 9728 allow).
+fn is_oauth_discovery(rest: &str) -> bool {
+    const DISCOVERY: &[&str] = &[
+        "oauth-protected-resource",
+        "oauth-authorization-server",
+        "openid-configuration",
+    ];
+    rest.split("/.well-known/").skip(1).any(|tail| {
+        DISCOVERY
+            .iter()
+            .any(|name| tail == *name || tail.starts_with(&format!("{name}/")))
+    })
+}
+
 /// On an `auto` route, a session-opening `POST {prefix}/mcp` that the upstream answers with
 /// 404 or 405 shows it has no Streamable HTTP endpoint: later ones are bridged to its legacy
 /// endpoint. This client gets the answer as it is, which tells a client that can to fall

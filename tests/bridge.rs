@@ -228,6 +228,12 @@ async fn a_legacy_client_talks_to_a_streamable_only_upstream_through_the_bridge(
     for (id, text) in answered {
         assert_eq!(text, format!("call {id}"));
     }
+    let calls = r#"mcp_gateway_requests_total{method="POST",route="up",rpc_method="tools/call",status="2xx"}"#;
+    assert_eq!(
+        metric(&gateway, calls).await,
+        11,
+        "bridged calls are counted by method"
+    );
 
     // The client leaves: the upstream session is deleted and nothing stays open.
     assert_eq!(metric(&gateway, "mcp_gateway_bridge_sessions").await, 1);
@@ -530,6 +536,12 @@ async fn a_streamable_client_talks_to_a_legacy_only_upstream_through_the_bridge(
         assert_eq!(last["id"], n);
         assert_eq!(last["result"]["content"][0]["text"], format!("call {n}"));
     }
+    let calls = r#"mcp_gateway_requests_total{method="POST",route="up",rpc_method="tools/call",status="2xx"}"#;
+    assert_eq!(
+        metric(&gateway, calls).await,
+        12,
+        "bridged calls are counted by method"
+    );
 
     // DELETE ends the session and the upstream stream.
     let deleted = reqwest::Client::new()

@@ -793,3 +793,45 @@ async fn metrics_count_proxied_requests() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upstreams_oauth_metadata_is_never_shown_to_clients() {
+    let upstream = mock(MockOptions::default()).await;
+    let gateway = single_route("/up", upstream.base_url(), TOKEN, "");
+    for path in [
+        "/up/.well-known/oauth-protected-resource",
+        "/up/.well-known/oauth-protected-resource/mcp",
+        "/up/.well-known/oauth-authorization-server",
+        "/up/mcp/.well-known/openid-configuration",
+    ] {
+        let response = client()
+            .get(format!("{}{path}", gateway.url()))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 404, "{path}");
+        let body: Value = response.json().await.expect("json");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("need no OAuth"), "{path}: {message}");
+    }
+    assert!(
+        upstream
+            .state()
+            .requests()
+            .iter()
+            .all(|request| !request.path.contains(".well-known")),
+        "a discovery request reached the upstream, with the route's token"
+    );
+    // Other well-known documents still go to the upstream.
+    client()
+        .get(format!("{}/up/.well-known/mcp.json", gateway.url()))
+        .send()
+        .await
+        .expect("request");
+    assert!(
+        upstream
+            .state()
+            .last_request_to("/.well-known/mcp.json")
+            .is_some()
+    );
+}

@@ -182,6 +182,7 @@ pub(crate) async fn handle(
     rest: &str,
     client: Client,
     cors: Option<&str>,
+    rpc_method: &mut Option<&'static str>,
 ) -> pingora::Result<Option<u16>> {
     let request = session.req_header();
     if request.method == Method::GET && rest == "/sse" && route.bridges_legacy() {
@@ -208,7 +209,7 @@ pub(crate) async fn handle(
         );
         return reply::json(session, 404, &body).await.map(Some);
     }
-    post(session, shared, bridge).await.map(Some)
+    post(session, shared, bridge, rpc_method).await.map(Some)
 }
 
 /// Serves a legacy client's event stream from a new bridge session, until either side ends.
@@ -326,6 +327,7 @@ async fn post(
     session: &mut Session,
     shared: &Arc<Shared>,
     bridge: Arc<Bridge>,
+    rpc_method: &mut Option<&'static str>,
 ) -> pingora::Result<u16> {
     let route = &bridge.route;
     let mut body = ReplayBody::with_limit(route.max_body_bytes);
@@ -344,6 +346,7 @@ async fn post(
         let body = reply::error_body("invalid_json", "the message is not JSON");
         return reply::json(session, 400, &body).await;
     };
+    *rpc_method = jsonrpc::method_label(&message);
     if route.inspects_messages {
         let call = crate::plugin::Call {
             route: &route.name,

@@ -174,6 +174,7 @@ pub(crate) async fn handle(
     route: &Arc<Route>,
     rest: &str,
     client: Client,
+    rpc_method: &mut Option<&'static str>,
 ) -> pingora::Result<Option<u16>> {
     if !route.bridges_streamable() || rest != "/mcp" {
         return Ok(None);
@@ -195,8 +196,8 @@ pub(crate) async fn handle(
             .cloned()
     });
     let status = match (method, known) {
-        (Method::POST, None) => open(session, shared, route, client).await?,
-        (Method::POST, Some(Some(bridged))) => post(session, shared, bridged).await?,
+        (Method::POST, None) => open(session, shared, route, client, rpc_method).await?,
+        (Method::POST, Some(Some(bridged))) => post(session, shared, bridged, rpc_method).await?,
         (Method::GET, Some(Some(bridged))) => listen(session, shared, bridged).await?,
         (Method::DELETE, Some(Some(bridged))) => {
             shared.legacy_sessions.remove(&bridged.id);
@@ -225,11 +226,13 @@ async fn open(
     shared: &Arc<Shared>,
     route: &Arc<Route>,
     client: Client,
+    rpc_method: &mut Option<&'static str>,
 ) -> pingora::Result<u16> {
     let Some(message) = read_message(session, route).await? else {
         let body = reply::error_body("invalid_json", "the message is not JSON");
         return reply::json(session, 400, &body).await;
     };
+    *rpc_method = jsonrpc::method_label(&message);
     if message["method"] != "initialize" {
         let body = reply::error_body(
             "missing_session",
@@ -342,11 +345,13 @@ async fn post(
     session: &mut Session,
     shared: &Arc<Shared>,
     bridged: Arc<LegacySession>,
+    rpc_method: &mut Option<&'static str>,
 ) -> pingora::Result<u16> {
     let Some(message) = read_message(session, &bridged.route).await? else {
         let body = reply::error_body("invalid_json", "the message is not JSON");
         return reply::json(session, 400, &body).await;
     };
+    *rpc_method = jsonrpc::method_label(&message);
     exchange(session, shared, &bridged, message, false).await
 }
 
