@@ -2,7 +2,7 @@
 
 CONFIG ?= gateway.toml
 
-.PHONY: run demo test lint deps bench fuzz mock
+.PHONY: run demo test lint deps bench fuzz mock wheel
 
 ## Run the gateway on gateway.toml (release build).
 run: deps
@@ -24,6 +24,10 @@ test: deps
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+
+## The gateway as a manylinux_2_28 Python wheel carrying the binary, checked.
+wheel: deps
+	scripts/build-wheel.sh
 
 ## The mock upstream MCP server (OAuth-less, bearer token `dev-token`) on port 9000.
 mock:
