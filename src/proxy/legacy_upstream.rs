@@ -88,7 +88,6 @@ struct LegacySession {
     last_used: Mutex<Instant>,
     /// Set to why the session ended.
     end: watch::Sender<Option<String>>,
-    reader: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl LegacySession {
@@ -96,6 +95,8 @@ impl LegacySession {
         *self.last_used.lock() = Instant::now();
     }
 
+    /// Ends the session: its reader closes the upstream stream and leaves the registry,
+    /// the client's stream ends, and requests still waiting learn that no answer will come.
     fn finish(&self, reason: String) {
         self.end.send_if_modified(|end| {
             let first = end.is_none();
@@ -104,10 +105,6 @@ impl LegacySession {
             }
             first
         });
-        if let Some(reader) = self.reader.lock().take() {
-            reader.abort();
-        }
-        // Requests still waiting learn that no answer will come.
         self.pending.lock().clear();
     }
 
@@ -306,13 +303,14 @@ async fn connect(
         backlog: Mutex::new(VecDeque::new()),
         last_used: Mutex::new(Instant::now()),
         end,
-        reader: Mutex::new(None),
     });
     let (reader_shared, reader) = (Arc::clone(shared), Arc::clone(&bridged));
-    let task = tokio::spawn(async move {
+    let mut ended = bridged.end.subscribe();
+    tokio::spawn(async move {
         let mut idle = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
+                () = session_ended(&mut ended) => break,
                 event = events.next() => match event {
                     Some(Ok(event)) => {
                         let is_message = event.event.is_empty() || event.event == "message";
@@ -336,7 +334,6 @@ async fn connect(
         reader_shared.legacy_sessions.remove(&reader.id);
         reader.finish("the upstream stream ended".to_owned());
     });
-    *bridged.reader.lock() = Some(task.abort_handle());
     Ok(bridged)
 }
 
