@@ -17,8 +17,9 @@
 //! server: a route on `localhost` must refuse a rebound `Host`/`Origin` and serve its own.
 //! And every server scenario runs against the reference `server-everything`, directly and
 //! through a gateway route in front of it: no check that passes directly may fail through
-//! the gateway, nor through the bridge to the server's legacy SSE mode (the suite's client
-//! speaks Streamable HTTP, so only that direction of the bridge can be graded this way).
+//! the gateway, nor through the bridge to the server's legacy SSE mode, nor through both
+//! bridge directions in a row (the suite's Streamable HTTP client bridged to a second
+//! gateway's legacy endpoint, which bridges it back to the server's Streamable HTTP mode).
 
 mod support;
 
@@ -352,5 +353,52 @@ async fn through_the_bridge_to_a_legacy_server_the_gateway_loses_no_server_check
             .values()
             .filter(|status| *status == "SUCCESS")
             .count()
+    );
+}
+
+/// Both bridge directions at once, graded by the suite: its Streamable HTTP client goes
+/// through a `transport = "sse"` route (bridged to the legacy transport) whose upstream is
+/// a second gateway's legacy endpoint, where the legacy client is bridged back to
+/// server-everything's Streamable HTTP mode. No check that passes directly may be lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn through_both_bridges_in_a_row_the_gateway_loses_no_server_check() {
+    let server = NodeServer::start(&server_everything(), &["streamableHttp"]);
+    let inner = support::gateway::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nname = \"everything\"\n\
+             prefix = \"/everything\"\nupstream = \"{}\"\ntransport = \"streamable\"\n\
+             auth = {{ kind = \"none\" }}\n",
+            server.url
+        ),
+        &[],
+    );
+    let outer = support::gateway::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nname = \"legacy\"\n\
+             prefix = \"/legacy\"\nupstream = \"{}/everything\"\ntransport = \"sse\"\n\
+             auth = {{ kind = \"none\" }}\n",
+            inner.url()
+        ),
+        &[],
+    );
+    let port = outer.running.local_addr().port();
+    let direct = server_checks(format!("{}/mcp", server.url)).await;
+    let bridged = server_checks(format!("http://localhost:{port}/legacy/mcp")).await;
+    let passed_directly: Vec<&String> = direct
+        .iter()
+        .filter(|(_, status)| *status == "SUCCESS")
+        .map(|(check, _)| check)
+        .collect();
+    assert!(passed_directly.len() >= 10, "{direct:?}");
+    let lost: Vec<String> = passed_directly
+        .iter()
+        .filter(|check| bridged.get(**check).map(String::as_str) != Some("SUCCESS"))
+        .map(|check| format!("{check}: {:?}", bridged.get(*check)))
+        .collect();
+    assert!(lost.is_empty(), "checks lost through both bridges: {lost:?}");
+    println!(
+        "server checks passed: {} directly, {} through both bridges",
+        passed_directly.len(),
+        bridged.values().filter(|status| *status == "SUCCESS").count()
     );
 }
