@@ -70,6 +70,9 @@ pub(crate) struct ServerConfig {
     /// The base URL browsers and MCP clients use to reach the gateway; OAuth redirect
     /// URIs are built from it.
     pub(crate) public_url: url::Url,
+    /// Nobody configured `public_url` and the gateway runs behind Databricks Apps' proxy:
+    /// the first request's `X-Forwarded-Host` says what it is.
+    pub(crate) learn_public_url: bool,
     pub(crate) threads: usize,
     pub(crate) allow_anonymous: bool,
     pub(crate) api_keys: Vec<ApiKeyHash>,

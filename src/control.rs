@@ -208,7 +208,7 @@ async fn metrics(session: &mut Session, shared: &Shared) -> pingora::Result<u16>
 /// The Client ID Metadata Document served at `path`, if a route's `client_metadata_url`
 /// points at this gateway there.
 fn metadata_document(shared: &Shared, path: &str) -> Option<serde_json::Value> {
-    let ours = shared.public_url.origin();
+    let ours = shared.public_url().origin();
     shared.routing().oauth.values().find_map(|route| {
         let url = route.client_metadata_url.as_ref()?;
         (url.origin() == ours && url.path() == path)
@@ -304,7 +304,7 @@ fn same_origin(session: &Session, shared: &Shared) -> bool {
     let Some(origin) = session.req_header().headers.get(header::ORIGIN) else {
         return true;
     };
-    let ours = shared.public_url.origin().ascii_serialization();
+    let ours = shared.public_url().origin().ascii_serialization();
     origin.to_str().is_ok_and(|origin| origin == ours)
 }
 

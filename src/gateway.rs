@@ -115,7 +115,6 @@ pub(crate) struct Shared {
     pub(crate) connector: ConnectorDebug,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) inflight: Inflight,
-    pub(crate) public_url: Url,
     pub(crate) draining: AtomicBool,
     pub(crate) flows: PendingFlows,
     pub(crate) admin: AdminAuth,
@@ -150,6 +149,35 @@ impl Shared {
     /// The routes in force now.
     pub(crate) fn routing(&self) -> Arc<Routing> {
         self.routing.load_full()
+    }
+
+    /// The base URL people and clients reach the gateway at.
+    pub(crate) fn public_url(&self) -> Url {
+        self.routing().config.server.public_url.clone()
+    }
+
+    /// Learns the public URL from a request behind Databricks Apps' proxy, when nobody
+    /// configured one: the OAuth routes are built again with redirect URIs under it (their
+    /// tokens come back from the store). Once only; later requests change nothing.
+    pub(crate) async fn learn_public_url(&self, url: Url) {
+        let _one_at_a_time = self.reloading.lock().await;
+        let current = self.routing();
+        if !current.config.server.learn_public_url {
+            return;
+        }
+        let mut next = current.config.clone();
+        next.server.public_url = url.clone();
+        next.server.learn_public_url = false;
+        match build_routing(next, &self.metrics, Some(&current)) {
+            Ok((routing, fresh, _)) => {
+                for route in &fresh {
+                    route.load().await;
+                }
+                self.install(routing);
+                tracing::info!(%url, "public URL learnt from the platform's X-Forwarded-Host");
+            }
+            Err(error) => tracing::error!(%url, %error, "cannot use the forwarded public URL"),
+        }
     }
 
     /// Puts `routing` in force for every request from now on.
@@ -482,7 +510,6 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
         connector: ConnectorDebug(Connector::new(None)),
         metrics,
         inflight: Inflight::default(),
-        public_url: config.server.public_url.clone(),
         draining: AtomicBool::new(false),
         flows: PendingFlows::new(config.server.sign_in_timeout),
         admin: AdminAuth::new(&config.admin).map_err(StartError::AdminToken)?,
@@ -549,8 +576,10 @@ pub(crate) fn build_routing(
                 .find(|r| r.name == route.name)?;
             Some((previous, config))
         });
+        let same_public_url = previous
+            .is_some_and(|previous| previous.config.server.public_url == config.server.public_url);
         let kept_oauth = before
-            .filter(|(_, config)| same_oauth_slot(config, route))
+            .filter(|(_, config)| same_public_url && same_oauth_slot(config, route))
             .and_then(|(previous, _)| previous.oauth_route(&route.name).cloned());
         if let RouteAuth::OAuth(settings) = &route.auth {
             let kept = match kept_oauth {
@@ -578,7 +607,9 @@ pub(crate) fn build_routing(
             };
             oauth.insert(route.name.clone(), kept);
         }
-        let same = before.filter(|(_, config)| *config == route);
+        // An OAuth route under a new public URL has a new redirect URI, so a new OAuthRoute.
+        let is_oauth = matches!(route.auth, RouteAuth::OAuth(_));
+        let same = before.filter(|(_, config)| *config == route && (same_public_url || !is_oauth));
         let running = same.and_then(|(previous, _)| previous.route(&route.name).cloned());
         let list = match (&before, &running) {
             (None, _) => &mut changes.added,

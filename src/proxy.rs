@@ -142,6 +142,11 @@ impl ProxyHttp for GatewayProxy {
             ctx.answered = Some(status);
             return Ok(true);
         }
+        if self.shared.routing().config.server.learn_public_url
+            && let Some(url) = forwarded_public_url(session.req_header())
+        {
+            self.shared.learn_public_url(url).await;
+        }
         if self.on_admin_listener(session) {
             // Only the admin API, metrics and health live there; nothing is proxied.
             let status = crate::control::serve(session, &self.shared, Plane::Admin).await?;
@@ -877,6 +882,22 @@ fn client_went_away(error: &Error) -> bool {
 }
 
 /// A `GET` for an event stream: relayed by the gateway's own stream loop.
+/// `https://{X-Forwarded-Host}/`, as Databricks Apps' proxy names the app to the browser;
+/// `None` without the header or with anything but a plain host and port in it.
+fn forwarded_public_url(request: &RequestHeader) -> Option<Url> {
+    let value = request.headers.get("x-forwarded-host")?.to_str().ok()?;
+    let host = value.split(',').next()?.trim();
+    let plain = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+    if !plain {
+        return None;
+    }
+    let url = Url::parse(&format!("https://{host}/")).ok()?;
+    (url.host_str().is_some() && url.path() == "/").then_some(url)
+}
+
 /// Whether `rest` asks for OAuth or OpenID discovery metadata, at the root of the route or
 /// appended to a path (as RFC 8414 and RFC 9728 allow).
 fn is_oauth_discovery(rest: &str) -> bool {

@@ -145,6 +145,7 @@ pub(super) fn default_server(listen: SocketAddr, databricks: bool) -> ServerConf
     ServerConfig {
         listen,
         public_url: derived_public_url(listen, false),
+        learn_public_url: databricks,
         threads: default_threads(),
         allow_anonymous: false,
         api_keys: Vec::new(),
@@ -272,6 +273,7 @@ fn server(raw: RawServer, route_keys: bool, checker: &mut Checker<'_>) -> Option
     let keepalive_secs = raw.sse_keepalive_secs.unwrap_or(DEFAULT_SSE_KEEPALIVE_SECS);
     Some(ServerConfig {
         listen: listen?,
+        learn_public_url: databricks && raw.public_url.is_none(),
         public_url: public_url?,
         threads: threads?,
         allow_anonymous: raw.allow_anonymous,

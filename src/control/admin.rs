@@ -126,7 +126,7 @@ pub(crate) async fn serve(
 
 fn route_status(shared: &Shared, name: &str) -> Option<RouteStatus> {
     let routing = shared.routing();
-    Some(RouteStatus::of(shared, &routing, routing.route(name)?))
+    Some(RouteStatus::of(&routing, routing.route(name)?))
 }
 
 fn to_json(status: &RouteStatus) -> serde_json::Value {

@@ -31,7 +31,7 @@ pub(super) async fn start(
         return html(session, 404, &page).await;
     };
     let redirected = session.req_header().uri.query() == Some(CANONICAL_MARK);
-    if !redirected && !on_public_host(session, &shared.public_url) {
+    if !redirected && !on_public_host(session, &shared.public_url()) {
         let location = format!("{}?{CANONICAL_MARK}", route.sign_in_url);
         return redirect(session, 302, &location).await;
     }

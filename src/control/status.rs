@@ -80,8 +80,9 @@ pub(crate) struct LastRefresh {
 
 impl RouteStatus {
     /// The status of `route`, one of `routing`'s, now.
-    pub(crate) fn of(shared: &Shared, routing: &Routing, route: &Route) -> Self {
-        let base = shared.public_url.as_str().trim_end_matches('/');
+    pub(crate) fn of(routing: &Routing, route: &Route) -> Self {
+        let public_url = &routing.config.server.public_url;
+        let base = public_url.as_str().trim_end_matches('/');
         let prefix = route.prefix.trim_end_matches('/');
         let summary = route.describe();
         Self {
@@ -104,7 +105,7 @@ impl RouteStatus {
             .routes
             .iter()
             .filter_map(|config| routing.route(&config.name))
-            .map(|route| Self::of(shared, &routing, route))
+            .map(|route| Self::of(&routing, route))
             .collect()
     }
 

@@ -106,9 +106,11 @@ fn keep_running_settings(running: &Config, next: &mut Config) -> Vec<&'static st
     let api_keys = std::mem::take(&mut next.server.api_keys);
     let mut written = std::mem::replace(&mut next.server, running.server.clone());
     next.server.api_keys = api_keys;
-    // Port 0 in the file means "any": the running value, with its real port, is the same.
-    if written.public_url.port() == Some(0) {
+    // Port 0 in the file means "any", and no URL on Databricks means "as forwarded": the
+    // running value, with its real port or as learnt, is the same.
+    if written.public_url.port() == Some(0) || written.learn_public_url {
         written.public_url = running.server.public_url.clone();
+        written.learn_public_url = running.server.learn_public_url;
     }
     written.api_keys = running.server.api_keys.clone();
     if written != running.server {
