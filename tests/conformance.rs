@@ -395,10 +395,16 @@ async fn through_both_bridges_in_a_row_the_gateway_loses_no_server_check() {
         .filter(|check| bridged.get(**check).map(String::as_str) != Some("SUCCESS"))
         .map(|check| format!("{check}: {:?}", bridged.get(*check)))
         .collect();
-    assert!(lost.is_empty(), "checks lost through both bridges: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "checks lost through both bridges: {lost:?}"
+    );
     println!(
         "server checks passed: {} directly, {} through both bridges",
         passed_directly.len(),
-        bridged.values().filter(|status| *status == "SUCCESS").count()
+        bridged
+            .values()
+            .filter(|status| *status == "SUCCESS")
+            .count()
     );
 }

@@ -15,10 +15,13 @@ use std::process::Command;
 
 use serde_json::Value;
 use support::gateway::single_route;
-use support::interop::{NodeServer, python, repo_file, server_everything};
+use support::interop::{
+    BEARER_TOKEN, PythonServer, python, repo_file, server_everything_behind_bearer_check,
+};
 use support::mock_upstream::{MockOptions, MockUpstream};
 
-const TOKEN: &str = "interop-upstream-token";
+/// The route's token for every upstream: the mock's, and the one the Python servers check.
+const TOKEN: &str = BEARER_TOKEN;
 
 fn run_client(transport: &str, url: &str, extra: &[&str]) -> Value {
     let script = repo_file("tests/interop/python_client.py");
@@ -170,13 +173,7 @@ async fn python_sdk_sees_only_allowed_tools_through_the_bridge() {
 /// own) and a bearer route; the SDK client goes through the gateway at `path` over
 /// `transport`.
 async fn check_server_everything(mode: &str, transport: &str, path: &str) {
-    let everything = NodeServer::start(&server_everything(), &[mode]);
-    let server = PythonServer::bearer_check(&everything.url);
-    let endpoint = if mode == "sse" { "sse" } else { "mcp" };
-    let refused = reqwest::get(format!("{}/{endpoint}", server.url))
-        .await
-        .expect("direct request");
-    assert_eq!(refused.status(), 401, "the bearer check in front");
+    let (_everything, _check, upstream) = server_everything_behind_bearer_check(mode).await;
     // The legacy-only server is reached by Streamable HTTP clients through the bridge.
     let route_transport = match (mode, transport) {
         ("sse", "streamable") => "sse",
@@ -190,11 +187,10 @@ listen = "127.0.0.1:0"
 [[routes]]
 name = "everything"
 prefix = "/everything"
-upstream = "{}"
+upstream = "{upstream}"
 transport = "{route_transport}"
 auth = {{ kind = "bearer", token_file = "{{dir}}/upstream-token" }}
-"#,
-            server.url
+"#
         ),
         &[("upstream-token", TOKEN)],
     );
@@ -249,59 +245,6 @@ async fn python_sdk_streamable_client_reaches_server_everything_sse_through_the_
 #[tokio::test(flavor = "multi_thread")]
 async fn python_sdk_legacy_client_reaches_server_everything_streamable_through_the_bridge() {
     check_server_everything("streamableHttp", "sse", "/everything/sse").await;
-}
-
-/// A Python script of `tests/interop` serving HTTP on loopback (the Python SDK server, or
-/// the bearer check in front of server-everything); killed when dropped.
-struct PythonServer {
-    child: std::process::Child,
-    url: String,
-}
-
-impl PythonServer {
-    /// The Python SDK server over `transport`, behind its own bearer check.
-    fn start(transport: &str) -> PythonServer {
-        Self::run(
-            "python_server.py",
-            &["--transport", transport, "--token", TOKEN],
-        )
-    }
-
-    /// A bearer check in front of `upstream`, which has none.
-    fn bearer_check(upstream: &str) -> PythonServer {
-        Self::run(
-            "bearer_proxy.py",
-            &["--upstream", upstream, "--token", TOKEN],
-        )
-    }
-
-    fn run(script: &str, args: &[&str]) -> PythonServer {
-        use std::io::{BufRead, BufReader};
-        let mut child = Command::new(python())
-            .arg(repo_file(&format!("tests/interop/{script}")))
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the Python server");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let address = stdout
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|line| line.strip_prefix("listening on ").map(str::to_owned))
-            .expect("the server says where it listens");
-        PythonServer {
-            child,
-            url: format!("http://{address}"),
-        }
-    }
-}
-
-impl Drop for PythonServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The Python SDK client over `client` through a route to the Python SDK server over

@@ -1,12 +1,16 @@
-//! Two more real MCP clients that nobody here wrote, driven through a running gateway.
+//! Two more real MCP clients that nobody here wrote, driven through a running gateway to
+//! the mock upstream and to real servers nobody here wrote either: the reference
+//! `server-everything` in its Streamable HTTP and legacy SSE modes (behind
+//! `tests/interop/bearer_proxy.py`, since it checks no token itself), and a server built
+//! with the Python SDK (`tests/interop/python_server.py`, with a bearer check of its own) in
+//! both its modes. Each pair of client and server transport runs: proxied when the upstream
+//! speaks the client's transport, through the gateway's bridge when it does not.
 //!
-//! The official TypeScript SDK client (`tests/interop/ts_client.mjs`) goes over both
-//! transports to the mock upstream and to the reference `server-everything` (in its
-//! Streamable HTTP and its legacy SSE mode): proxied when the upstream speaks the client's
-//! transport, through the gateway's bridge when it does not. Besides tools and progress, it
-//! cancels a call under way, and the mock must see the cancellation. `mcp-remote`, the stdio
-//! bridge that desktop clients run, goes the same ways to the mock, fed JSON-RPC lines on its
-//! stdin, and must not start a sign-in of its own.
+//! The official TypeScript SDK client (`tests/interop/ts_client.mjs`) lists and calls tools,
+//! counts a call's progress, and cancels a call under way; the mock must see the
+//! cancellation. `mcp-remote`, the stdio bridge that desktop clients run, is fed JSON-RPC
+//! lines on its stdin, lists the tools and calls `echo`, and must not start a sign-in of its
+//! own.
 //!
 //! Both run under the Node 22 that `scripts/interop-node.sh` installs with them (the README's
 //! test command runs it). Each child gets an empty environment but for a `PATH` holding only
@@ -27,12 +31,14 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::gateway::TestGateway;
 use support::interop::{
-    NodeServer, mcp_remote, node, repo_file, server_everything, typescript_sdk,
+    BEARER_TOKEN, PythonServer, mcp_remote, node, repo_file, server_everything_behind_bearer_check,
+    typescript_sdk,
 };
 use support::mock_upstream::{MockOptions, MockUpstream};
 use support::process::Running;
 
-const TOKEN: &str = "interop-upstream-token";
+/// The route's token for every upstream: the mock's, and the one the Python servers check.
+const TOKEN: &str = BEARER_TOKEN;
 const ECHO_TEXT: &str = "hello through the gateway";
 
 /// How long a client may take for its whole session before the test gives up on it.
@@ -40,6 +46,28 @@ const CLIENT_DEADLINE: Duration = Duration::from_secs(40);
 
 /// How long `mcp-remote` may take to answer one request.
 const ANSWER_DEADLINE: Duration = Duration::from_secs(20);
+
+/// What the test knows of a real server: its name, and its `echo` tool's argument and
+/// answer.
+#[derive(Debug, Clone, Copy)]
+struct ServerProfile {
+    name: &'static str,
+    echo_arg: &'static str,
+    /// What `echo` puts before the text it was given.
+    echo_prefix: &'static str,
+}
+
+const SERVER_EVERYTHING: ServerProfile = ServerProfile {
+    name: "mcp-servers/everything",
+    echo_arg: "message",
+    echo_prefix: "Echo: ",
+};
+
+const PYTHON_SDK_SERVER: ServerProfile = ServerProfile {
+    name: "python-sdk-server",
+    echo_arg: "text",
+    echo_prefix: "",
+};
 
 /// Node 22 with nothing inherited from the test's environment; `home` is its `HOME`.
 fn node_command(home: &Path) -> Command {
@@ -350,11 +378,12 @@ async fn ts_sdk_client_lists_calls_and_cancels_through_the_bridge_to_legacy() {
     check_mock("streamable", "/mock/mcp", LEGACY_ONLY, "/v1/message").await;
 }
 
-/// The reference `server-everything` in `mode` behind a bearer route whose `transport` is
-/// `route_transport`; the SDK client goes through the gateway at `path` over `transport`.
+/// The reference `server-everything` in `mode`, behind the bearer check (it has none of its
+/// own) and a bearer route whose `transport` is `route_transport`; the SDK client goes
+/// through the gateway at `path` over `transport`.
 async fn check_server_everything(mode: &str, route_transport: &str, transport: &str, path: &str) {
-    let server = NodeServer::start(&server_everything(), &[mode]);
-    let gateway = gateway_to("/everything", &server.url, route_transport);
+    let (_everything, _check, upstream) = server_everything_behind_bearer_check(mode).await;
+    let gateway = gateway_to("/everything", &upstream, route_transport);
     let url = format!("{}{path}", gateway.url());
     let transport_owned = transport.to_owned();
     let summary = tokio::task::spawn_blocking(move || {
@@ -376,7 +405,8 @@ async fn check_server_everything(mode: &str, route_transport: &str, transport: &
     .await
     .expect("client thread");
 
-    let echoed = format!("Echo: {ECHO_TEXT}");
+    assert_eq!(summary["server_name"], SERVER_EVERYTHING.name, "{summary}");
+    let echoed = format!("{}{ECHO_TEXT}", SERVER_EVERYTHING.echo_prefix);
     assert_eq!(summary["echo"], echoed.as_str(), "{summary}");
     assert_progress(&summary);
     let done = summary["slow_result"].as_str().expect("result");
@@ -409,6 +439,72 @@ async fn ts_sdk_legacy_client_reaches_server_everything_streamable_through_the_b
 #[tokio::test(flavor = "multi_thread")]
 async fn ts_sdk_client_reaches_server_everything_legacy_through_the_bridge() {
     check_server_everything("sse", "sse", "streamable", "/everything/mcp").await;
+}
+
+/// The Python SDK server over `server` (`streamable` or `sse`, behind its own bearer check)
+/// behind a route at `/py` held to that transport, so that a client on the other one is
+/// bridged.
+fn python_server_behind_gateway(server: &str) -> (PythonServer, TestGateway) {
+    let upstream = PythonServer::start(server);
+    let route_transport = if server == "sse" { "sse" } else { "streamable" };
+    let gateway = gateway_to("/py", &upstream.url, route_transport);
+    (upstream, gateway)
+}
+
+/// The TypeScript client over `transport` to the Python SDK server over `server`, at `path`
+/// on the gateway: its two tools, an echo, the progress of `count` and a cancelled `count`.
+async fn check_python_server(server: &str, transport: &str, path: &str) {
+    let (_server, gateway) = python_server_behind_gateway(server);
+    let url = format!("{}{path}", gateway.url());
+    let transport_owned = transport.to_owned();
+    let summary = tokio::task::spawn_blocking(move || {
+        run_ts_client(
+            &transport_owned,
+            &url,
+            &[
+                "--slow-tool",
+                "count",
+                "--slow-args",
+                r#"{"steps": 3}"#,
+                // Ten seconds of counting: still under way when it is cancelled.
+                "--cancel-args",
+                r#"{"steps": 500}"#,
+            ],
+        )
+    })
+    .await
+    .expect("client thread");
+
+    assert_eq!(summary["transport"], transport);
+    assert_eq!(summary["server_name"], PYTHON_SDK_SERVER.name, "{summary}");
+    assert_eq!(summary["tools"], json!(["count", "echo"]), "{summary}");
+    assert_eq!(summary["echo"], ECHO_TEXT, "{summary}");
+    assert_progress(&summary);
+    assert_eq!(summary["slow_result"], "counted 3", "{summary}");
+    assert_cancelled(&summary);
+    assert_eq!(summary["echo_after_cancel"], ECHO_TEXT, "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ts_sdk_client_and_python_sdk_server_over_streamable_http() {
+    check_python_server("streamable", "streamable", "/py/mcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ts_sdk_client_and_python_sdk_server_over_legacy_sse() {
+    check_python_server("sse", "sse", "/py/sse").await;
+}
+
+/// The SDK's legacy SSE client, bridged to the Python SDK server's Streamable HTTP.
+#[tokio::test(flavor = "multi_thread")]
+async fn ts_sdk_legacy_client_to_python_sdk_streamable_server_through_the_bridge() {
+    check_python_server("streamable", "sse", "/py/sse").await;
+}
+
+/// The SDK's Streamable HTTP client, bridged to the Python SDK server's legacy SSE.
+#[tokio::test(flavor = "multi_thread")]
+async fn ts_sdk_client_to_python_sdk_legacy_server_through_the_bridge() {
+    check_python_server("sse", "streamable", "/py/mcp").await;
 }
 
 // --- mcp-remote ---
@@ -576,8 +672,8 @@ struct RemoteSession {
 }
 
 /// A desktop client's first session through `mcp-remote` at `url`: the handshake, the tool
-/// list and one call of `echo`.
-fn run_remote_session(url: &str, strategy: &str) -> RemoteSession {
+/// list and one call of `echo` with `ECHO_TEXT` as its argument `echo_arg`.
+fn run_remote_session(url: &str, strategy: &str, echo_arg: &str) -> RemoteSession {
     let mut remote = McpRemote::start(url, strategy);
     let initialize = remote.request(support::initialize_request());
     remote.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
@@ -586,7 +682,7 @@ fn run_remote_session(url: &str, strategy: &str) -> RemoteSession {
         "jsonrpc": "2.0",
         "id": 3,
         "method": "tools/call",
-        "params": {"name": "echo", "arguments": {"text": ECHO_TEXT}},
+        "params": {"name": "echo", "arguments": {echo_arg: ECHO_TEXT}},
     }));
     RemoteSession {
         initialize,
@@ -594,6 +690,16 @@ fn run_remote_session(url: &str, strategy: &str) -> RemoteSession {
         echo,
         finished: remote.finish(),
     }
+}
+
+/// `mcp-remote` shut down once its stdin closed, and never started a sign-in, which the
+/// gateway does not need from it: no authorization URL, no callback server, nothing stored.
+fn assert_left_without_sign_in(finished: &Finished) {
+    let stderr = &finished.stderr;
+    assert!(finished.exited, "mcp-remote did not shut down: {stderr}");
+    assert!(!stderr.contains("Please authorize"), "{stderr}");
+    assert!(!stderr.contains("running the sign-in"), "{stderr}");
+    assert_eq!(finished.files_left, Vec::<String>::new(), "{stderr}");
 }
 
 /// `mcp-remote` forced onto one transport (`strategy`) to the mock at `path` on the gateway;
@@ -609,9 +715,10 @@ async fn check_mcp_remote(
     let (upstream, gateway) = mock_behind_gateway(route).await;
     let url = format!("{}{path}", gateway.url());
     let strategy_owned = strategy.to_owned();
-    let session = tokio::task::spawn_blocking(move || run_remote_session(&url, &strategy_owned))
-        .await
-        .expect("mcp-remote thread");
+    let session =
+        tokio::task::spawn_blocking(move || run_remote_session(&url, &strategy_owned, "text"))
+            .await
+            .expect("mcp-remote thread");
     let stderr = &session.finished.stderr;
 
     assert_eq!(
@@ -635,22 +742,10 @@ async fn check_mcp_remote(
     assert!(posts_to(&upstream, message_path) >= 4, "{stderr}");
     assert_eq!(posts_to(&upstream, other_path), 0, "{stderr}");
     assert_all_carry_gateway_token(&upstream);
+    assert_left_without_sign_in(&session.finished);
 
-    assert!(
-        session.finished.exited,
-        "mcp-remote did not shut down: {stderr}"
-    );
-
-    // The gateway needs no client credentials, so mcp-remote never starts a sign-in: no
-    // authorization URL, no callback server, nothing stored, and nothing sent to the
-    // upstream's authorization server (which the mock serves outside `/v1`).
-    assert!(!stderr.contains("Please authorize"), "{stderr}");
-    assert!(!stderr.contains("running the sign-in"), "{stderr}");
-    assert_eq!(
-        session.finished.files_left,
-        Vec::<String>::new(),
-        "{stderr}"
-    );
+    // Nor did anything reach the upstream's authorization server (which the mock serves
+    // outside `/v1`).
     assert!(upstream.state().oauth().registered_clients().is_empty());
     assert_eq!(upstream.state().oauth().token_requests(), 0);
     for request in upstream.state().requests() {
@@ -697,4 +792,107 @@ async fn mcp_remote_lists_and_calls_over_streamable_http_through_the_bridge_to_l
         "/v1/mcp",
     )
     .await;
+}
+
+/// `mcp-remote` forced onto one transport (`strategy`) to `server` at `path` on the
+/// gateway: the server's name and tools, and its echo.
+async fn check_mcp_remote_to(
+    gateway: &TestGateway,
+    path: &str,
+    strategy: &str,
+    server: ServerProfile,
+) {
+    let url = format!("{}{path}", gateway.url());
+    let strategy_owned = strategy.to_owned();
+    let session = tokio::task::spawn_blocking(move || {
+        run_remote_session(&url, &strategy_owned, server.echo_arg)
+    })
+    .await
+    .expect("mcp-remote thread");
+    let stderr = &session.finished.stderr;
+
+    assert_eq!(
+        session.initialize["result"]["serverInfo"]["name"], server.name,
+        "{}: {stderr}",
+        session.initialize
+    );
+    let tools = session.tools["result"]["tools"].as_array().expect("tools");
+    assert!(
+        tools.iter().any(|tool| tool["name"] == "echo"),
+        "{}",
+        session.tools
+    );
+    let echoed = format!("{}{ECHO_TEXT}", server.echo_prefix);
+    assert_eq!(
+        session.echo["result"]["content"][0]["text"],
+        echoed.as_str(),
+        "{}",
+        session.echo
+    );
+    assert_left_without_sign_in(&session.finished);
+}
+
+/// `mcp-remote` on `strategy` to server-everything in `mode`, behind the bearer check and a
+/// route whose `transport` is `route_transport`.
+async fn check_mcp_remote_to_everything(
+    mode: &str,
+    route_transport: &str,
+    strategy: &str,
+    path: &str,
+) {
+    let (_everything, _check, upstream) = server_everything_behind_bearer_check(mode).await;
+    let gateway = gateway_to("/everything", &upstream, route_transport);
+    check_mcp_remote_to(&gateway, path, strategy, SERVER_EVERYTHING).await;
+}
+
+/// `mcp-remote` on `strategy` to the Python SDK server over `server`.
+async fn check_mcp_remote_to_python(server: &str, strategy: &str, path: &str) {
+    let (_server, gateway) = python_server_behind_gateway(server);
+    check_mcp_remote_to(&gateway, path, strategy, PYTHON_SDK_SERVER).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_remote_reaches_server_everything_over_streamable_http() {
+    check_mcp_remote_to_everything("streamableHttp", "auto", "http-only", "/everything/mcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_remote_reaches_server_everything_over_legacy_sse() {
+    check_mcp_remote_to_everything("sse", "auto", "sse-only", "/everything/sse").await;
+}
+
+/// `mcp-remote` on the legacy transport, bridged to server-everything's Streamable HTTP
+/// mode, which has no legacy endpoint at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_remote_legacy_reaches_server_everything_streamable_through_the_bridge() {
+    check_mcp_remote_to_everything("streamableHttp", "auto", "sse-only", "/everything/sse").await;
+}
+
+/// `mcp-remote` on Streamable HTTP, bridged to server-everything's legacy SSE mode by a
+/// route held to that transport.
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_remote_reaches_server_everything_legacy_through_the_bridge() {
+    check_mcp_remote_to_everything("sse", "sse", "http-only", "/everything/mcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_remote_reaches_python_sdk_server_over_streamable_http() {
+    check_mcp_remote_to_python("streamable", "http-only", "/py/mcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_remote_reaches_python_sdk_server_over_legacy_sse() {
+    check_mcp_remote_to_python("sse", "sse-only", "/py/sse").await;
+}
+
+/// `mcp-remote` on the legacy transport, bridged to the Python SDK server's Streamable HTTP.
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_remote_legacy_reaches_python_sdk_streamable_server_through_the_bridge() {
+    check_mcp_remote_to_python("streamable", "sse-only", "/py/sse").await;
+}
+
+/// `mcp-remote` on Streamable HTTP, bridged to the Python SDK server's legacy SSE.
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_remote_reaches_python_sdk_legacy_server_through_the_bridge() {
+    check_mcp_remote_to_python("sse", "http-only", "/py/mcp").await;
 }

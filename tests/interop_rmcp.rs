@@ -5,6 +5,12 @@
 //! notifications in its own handler, cancels a call in flight and leaves, which must end its
 //! session upstream too.
 //!
+//! The same session, short of the cancel, goes to real servers nobody here wrote either,
+//! each in both its modes: the reference `server-everything` (behind the bearer check of
+//! `tests/interop/bearer_proxy.py`, since it has none) and the Python SDK server of
+//! `tests/interop/python_server.py`; straight through to Streamable HTTP, through the bridge
+//! to legacy SSE.
+//!
 //! rmcp has no legacy HTTP+SSE client transport any more (it was removed in 0.11), so the
 //! gateway's `/sse` endpoints are left to the other SDKs' interoperability tests.
 
@@ -22,9 +28,11 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Value, json};
 use support::gateway::{TestGateway, single_route, start};
+use support::interop::{BEARER_TOKEN, PythonServer, server_everything_behind_bearer_check};
 use support::mock_upstream::{MockOptions, MockUpstream};
 use tokio::sync::mpsc;
 
+/// The mock upstream's token.
 const TOKEN: &str = "test-token";
 
 /// How long any one step may take before the test fails instead of hanging.
@@ -47,7 +55,14 @@ async fn bridged_to_legacy() -> (MockUpstream, TestGateway) {
         ..Default::default()
     })
     .await;
-    let gateway = start(
+    let gateway = route_to(upstream.base_url(), "sse", TOKEN);
+    (upstream, gateway)
+}
+
+/// A gateway with one bearer route at `/up` to `upstream`, whose `transport` is
+/// `route_transport` and which sends `token` upstream.
+fn route_to(upstream: &str, route_transport: &str, token: &str) -> TestGateway {
+    start(
         &format!(
             r#"
 [server]
@@ -56,15 +71,13 @@ listen = "127.0.0.1:0"
 [[routes]]
 name = "up"
 prefix = "/up"
-upstream = "{}"
-transport = "sse"
+upstream = "{upstream}"
+transport = "{route_transport}"
 auth = {{ kind = "bearer", token_file = "{{dir}}/upstream-token" }}
-"#,
-            upstream.base_url()
+"#
         ),
-        &[("upstream-token", TOKEN)],
-    );
-    (upstream, gateway)
+        &[("upstream-token", token)],
+    )
 }
 
 /// An rmcp client handler that passes on every progress notification it receives.
@@ -160,38 +173,78 @@ async fn next_progress(client: &mut Client) -> ProgressNotificationParam {
         .expect("the client's handler is alive")
 }
 
-/// What rmcp sees of the session: the server's name, its tools, an `echo` call, and a
-/// `slow_stream` call whose three progress notifications reach the client's handler.
-async fn check_session(client: &mut Client) {
+/// What the test knows of a server: its name, its `echo` tool, and a tool that reports
+/// progress three times before it answers.
+#[derive(Debug, Clone, Copy)]
+struct ServerProfile {
+    name: &'static str,
+    /// The argument `echo` takes its text in.
+    echo_arg: &'static str,
+    /// What `echo` puts before the text it was given.
+    echo_prefix: &'static str,
+    slow_tool: &'static str,
+    /// The slow tool's arguments (JSON) for three steps, and its answer to them.
+    slow_args: &'static str,
+    slow_result: &'static str,
+}
+
+const MOCK: ServerProfile = ServerProfile {
+    name: "mock-upstream",
+    echo_arg: "text",
+    echo_prefix: "",
+    slow_tool: "slow_stream",
+    slow_args: r#"{"steps": 3, "interval_ms": 50}"#,
+    slow_result: "done after 3 steps",
+};
+
+const SERVER_EVERYTHING: ServerProfile = ServerProfile {
+    name: "mcp-servers/everything",
+    echo_arg: "message",
+    echo_prefix: "Echo: ",
+    slow_tool: "trigger-long-running-operation",
+    slow_args: r#"{"duration": 0.3, "steps": 3}"#,
+    slow_result: "Long running operation completed. Duration: 0.3 seconds, Steps: 3.",
+};
+
+const PYTHON_SDK_SERVER: ServerProfile = ServerProfile {
+    name: "python-sdk-server",
+    echo_arg: "text",
+    echo_prefix: "",
+    slow_tool: "count",
+    slow_args: r#"{"steps": 3}"#,
+    slow_result: "counted 3",
+};
+
+/// What rmcp sees of the session with `server`: its name, its tools, an `echo` call, and a
+/// call of its slow tool whose three progress notifications reach the client's handler.
+async fn check_session(client: &mut Client, server: ServerProfile) {
     let info = client
         .service
         .peer_info()
         .expect("server info after initialize");
-    let name = info.server_info.as_ref().map(|server| server.name.as_str());
-    assert_eq!(name, Some("mock-upstream"));
+    let name = info.server_info.as_ref().map(|info| info.name.as_str());
+    assert_eq!(name, Some(server.name));
 
     let tools = within("tools/list", client.service.list_all_tools())
         .await
         .expect("rmcp lists tools");
     let names: Vec<&str> = tools.iter().map(|tool| tool.name.as_ref()).collect();
     assert!(names.contains(&"echo"), "{names:?}");
-    assert!(names.contains(&"slow_stream"), "{names:?}");
+    assert!(names.contains(&server.slow_tool), "{names:?}");
 
-    let echo = start_call(client, "echo", json!({"text": "hello from rmcp"})).await;
-    let result = tool_result(echo).await;
-    assert_eq!(first_text(&result), "hello from rmcp");
-    assert_eq!(result.is_error, Some(false));
+    let echo_args = json!({server.echo_arg: "hello from rmcp"});
+    let result = tool_result(start_call(client, "echo", echo_args).await).await;
+    let echoed = format!("{}hello from rmcp", server.echo_prefix);
+    assert_eq!(first_text(&result), echoed);
+    // A server may leave `isError` out of a success.
+    assert_ne!(result.is_error, Some(true), "{result:?}");
 
-    // rmcp puts a progress token on every request; the mock reports progress against it.
-    let slow = start_call(
-        client,
-        "slow_stream",
-        json!({"steps": 3, "interval_ms": 50}),
-    )
-    .await;
+    // rmcp puts a progress token on every request; the server reports progress against it.
+    let slow_args = serde_json::from_str(server.slow_args).expect("JSON arguments");
+    let slow = start_call(client, server.slow_tool, slow_args).await;
     let token = slow.progress_token.clone();
     let result = tool_result(slow).await;
-    assert_eq!(first_text(&result), "done after 3 steps");
+    assert_eq!(first_text(&result), server.slow_result);
     let mut steps = Vec::new();
     for _ in 0..3 {
         let progress = next_progress(client).await;
@@ -261,12 +314,17 @@ async fn check_cancel(client: &mut Client, upstream: &MockUpstream) {
     assert_eq!(first_text(&tool_result(echo).await), "after the cancel");
 }
 
-/// Closes the client, which ends its session; the upstream's streams close with it.
-async fn leave(client: Client, upstream: &MockUpstream) {
+/// Closes the client, which ends its session.
+async fn close(client: Client) {
     let Client { mut service, .. } = client;
     within("closing the client", service.close())
         .await
         .expect("rmcp closes cleanly");
+}
+
+/// Closes the client; the upstream's streams close with its session.
+async fn leave(client: Client, upstream: &MockUpstream) {
+    close(client).await;
     let closed = upstream.state().wait_for_open_streams(0, STEP).await;
     assert!(
         closed,
@@ -279,7 +337,7 @@ async fn leave(client: Client, upstream: &MockUpstream) {
 async fn rmcp_client_works_through_streamable_http_passthrough() {
     let (upstream, gateway) = passthrough().await;
     let mut client = connect(&gateway).await;
-    check_session(&mut client).await;
+    check_session(&mut client, MOCK).await;
     assert_eq!(upstream.state().tool_calls("echo"), 1);
     assert_eq!(upstream.state().live_sessions(), 1);
 
@@ -296,7 +354,7 @@ async fn rmcp_client_works_through_streamable_http_passthrough() {
 async fn rmcp_client_works_through_bridge_to_legacy_upstream() {
     let (upstream, gateway) = bridged_to_legacy().await;
     let mut client = connect(&gateway).await;
-    check_session(&mut client).await;
+    check_session(&mut client, MOCK).await;
     assert_eq!(upstream.state().tool_calls("echo"), 1);
     // One legacy stream carries the session; `initialize`, `notifications/initialized`,
     // `tools/list` and the two calls were each posted to the endpoint it announced.
@@ -321,4 +379,46 @@ async fn rmcp_cancel_reaches_legacy_upstream_through_bridge() {
     let mut client = connect(&gateway).await;
     check_cancel(&mut client, &upstream).await;
     leave(client, &upstream).await;
+}
+
+/// rmcp's session with server-everything in `mode`, behind the bearer check and a route
+/// whose `transport` is `route_transport`.
+async fn check_server_everything(mode: &str, route_transport: &str) {
+    let (_everything, _check, upstream) = server_everything_behind_bearer_check(mode).await;
+    let gateway = route_to(&upstream, route_transport, BEARER_TOKEN);
+    let mut client = connect(&gateway).await;
+    check_session(&mut client, SERVER_EVERYTHING).await;
+    close(client).await;
+}
+
+/// rmcp's session with the Python SDK server over `server` (`streamable` or `sse`), behind
+/// a route held to that transport.
+async fn check_python_server(server: &str) {
+    let upstream = PythonServer::start(server);
+    let gateway = route_to(&upstream.url, server, BEARER_TOKEN);
+    let mut client = connect(&gateway).await;
+    check_session(&mut client, PYTHON_SDK_SERVER).await;
+    close(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rmcp_client_reaches_server_everything_through_streamable_http_passthrough() {
+    check_server_everything("streamableHttp", "auto").await;
+}
+
+/// server-everything's legacy SSE mode, reached through the bridge.
+#[tokio::test(flavor = "multi_thread")]
+async fn rmcp_client_reaches_server_everything_legacy_through_the_bridge() {
+    check_server_everything("sse", "sse").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rmcp_client_reaches_python_sdk_server_through_streamable_http_passthrough() {
+    check_python_server("streamable").await;
+}
+
+/// The Python SDK server's legacy SSE, reached through the bridge.
+#[tokio::test(flavor = "multi_thread")]
+async fn rmcp_client_reaches_python_sdk_legacy_server_through_the_bridge() {
+    check_python_server("sse").await;
 }

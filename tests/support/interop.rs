@@ -2,6 +2,9 @@
 //! Python SDK in the venv of `scripts/interop-venv.sh`, and Node 22 with the official
 //! conformance suite, the TypeScript SDK and `mcp-remote` from `scripts/interop-node.sh`. The
 //! README's test command prepares both; a missing one fails the test with what to run.
+//! Also the servers those tests put behind the gateway, each a child process killed when
+//! its guard drops: server-everything, the Python SDK server, and the bearer check in front
+//! of server-everything, which has none of its own.
 
 use std::path::PathBuf;
 
@@ -126,6 +129,89 @@ impl Drop for NodeServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The bearer token that the Python servers of `tests/interop` require: the Python SDK
+/// server's own check, and the bearer check in front of server-everything. A route to one
+/// of them sends it.
+pub const BEARER_TOKEN: &str = "interop-upstream-token";
+
+/// A Python script of `tests/interop` serving HTTP on loopback (the Python SDK server, or
+/// the bearer check in front of server-everything); killed when dropped.
+pub struct PythonServer {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl PythonServer {
+    /// The Python SDK server over `transport` (`streamable` or `sse`), behind its own
+    /// bearer check for [`BEARER_TOKEN`].
+    pub fn start(transport: &str) -> PythonServer {
+        Self::run(
+            "python_server.py",
+            &["--transport", transport, "--token", BEARER_TOKEN],
+        )
+    }
+
+    /// A check for [`BEARER_TOKEN`] in front of `upstream`, which has none.
+    pub fn bearer_check(upstream: &str) -> PythonServer {
+        Self::run(
+            "bearer_proxy.py",
+            &["--upstream", upstream, "--token", BEARER_TOKEN],
+        )
+    }
+
+    fn run(script: &str, args: &[&str]) -> PythonServer {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(python())
+            .arg(repo_file(&format!("tests/interop/{script}")))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the Python server");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let address = stdout
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("listening on ").map(str::to_owned))
+            .expect("the server says where it listens");
+        PythonServer {
+            child,
+            url: format!("http://{address}"),
+        }
+    }
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The reference server-everything in `mode` (`streamableHttp` or `sse`) behind the bearer
+/// check, which must refuse a request without [`BEARER_TOKEN`] with 401. Returns both
+/// guards, to be held for the test, and the check's URL, the upstream of a route.
+pub async fn server_everything_behind_bearer_check(
+    mode: &str,
+) -> (NodeServer, PythonServer, String) {
+    let everything = NodeServer::start(&server_everything(), &[mode]);
+    let check = PythonServer::bearer_check(&everything.url);
+    let endpoint = if mode == "sse" { "sse" } else { "mcp" };
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("an HTTP client");
+    let refused = client
+        .get(format!("{}/{endpoint}", check.url))
+        .send()
+        .await
+        .expect("a direct request to the bearer check");
+    assert_eq!(refused.status(), 401, "the bearer check in front");
+    let url = check.url.clone();
+    (everything, check, url)
 }
 
 /// A file of this repository, by its path from the root.
