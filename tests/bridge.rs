@@ -698,3 +698,74 @@ async fn a_cancellation_reaches_the_upstream_through_both_bridges_while_its_call
     );
     running.abort();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_the_upstream_starts_reaches_the_client_and_a_forgotten_session_ends_its_stream() {
+    // Legacy client, Streamable-HTTP-only upstream: its GET stream's messages arrive.
+    let upstream = streamable_only().await;
+    let gateway = single_route("/up", upstream.base_url(), TOKEN, "");
+    let base = gateway.url();
+    let mut stream = open(&base, "/up/sse", None).await;
+    handshake(&base, &mut stream, None).await;
+    let state = upstream.state();
+    assert!(eventually(Duration::from_secs(5), async || state.open_streams() == 1).await);
+    let changed = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+    state.send_to_every_client(&changed);
+    assert_eq!(stream.next().await, changed);
+
+    // The upstream forgets the session: the next message ends the client's stream.
+    state.forget_sessions();
+    let ping = json!({"jsonrpc": "2.0", "id": 30, "method": "ping"});
+    assert_eq!(post(&base, &stream.endpoint, &ping, None).await, 202);
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while stream.events.recv().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the client's stream ends");
+    assert!(
+        eventually(Duration::from_secs(5), async || metric(
+            &gateway,
+            "mcp_gateway_bridge_sessions"
+        )
+        .await
+            == 0)
+        .await
+    );
+
+    // Streamable HTTP client, legacy-only upstream: messages wait for its GET stream.
+    let upstream = MockUpstream::start(MockOptions {
+        streamable: false,
+        ..Default::default()
+    })
+    .await;
+    let gateway = legacy_route(&upstream, "");
+    let base = gateway.url();
+    let (_, id, _) = streamable(&base, None, &support::initialize_request(), BOTH, None).await;
+    let id = id.expect("session");
+    let early = json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "early"}});
+    upstream.state().send_to_every_client(&early);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut listening = reqwest::Client::new()
+        .get(format!("{base}/up/mcp"))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &id)
+        .send()
+        .await
+        .expect("GET stream");
+    assert_eq!(listening.status(), 200);
+    let late = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+    upstream.state().send_to_every_client(&late);
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(text.contains("early") && text.contains("list_changed")) && Instant::now() < deadline {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), listening.chunk())
+            .await
+            .expect("a chunk in time")
+            .expect("read")
+            .expect("the stream is open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let early_at = text.find("early").expect("the waiting message came first");
+    let late_at = text.find("list_changed").expect("then the live one");
+    assert!(early_at < late_at, "{text}");
+}

@@ -304,6 +304,8 @@ pub struct MockState {
     tool_calls: Mutex<HashMap<String, usize>>,
     /// Notifications clients sent, on either transport, oldest first.
     notifications: Mutex<Vec<Value>>,
+    /// The Streamable HTTP `GET` streams open, for messages the server sends on its own.
+    listeners: Mutex<Vec<mpsc::UnboundedSender<Value>>>,
 }
 
 impl MockState {
@@ -344,6 +346,21 @@ impl MockState {
     /// How many `tools/call` requests of `tool` reached the mock.
     pub fn tool_calls(&self, tool: &str) -> usize {
         lock(&self.tool_calls).get(tool).copied().unwrap_or(0)
+    }
+
+    /// Sends `message` as the server's own on every stream that carries such messages: each
+    /// Streamable HTTP session's `GET` stream and each legacy SSE stream.
+    pub fn send_to_every_client(&self, message: &Value) {
+        lock(&self.listeners).retain(|listener| listener.send(message.clone()).is_ok());
+        for sender in lock(&self.legacy_sessions).values() {
+            let _ = sender.send(message.clone());
+        }
+    }
+
+    /// Forgets every Streamable HTTP session, as a restarted server would: requests naming
+    /// one get 404.
+    pub fn forget_sessions(&self) {
+        lock(&self.sessions).clear();
     }
 
     /// The notifications named `method` that clients sent, oldest first.
@@ -609,7 +626,12 @@ async fn get_mcp(State(app): State<App>, headers: HeaderMap) -> Response {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     }
     match app.require_session(&headers) {
-        Ok(_) => sse_response(&app, stream::pending()),
+        Ok(_) => {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            lock(&app.state.listeners).push(sender);
+            let messages = UnboundedReceiverStream::new(receiver);
+            sse_response(&app, messages.map(|message| sse_message(&message)))
+        }
         Err(refusal) => refusal,
     }
 }
