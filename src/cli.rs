@@ -227,8 +227,9 @@ fn check(args: ConfigArg) -> anyhow::Result<()> {
         .max()
         .unwrap_or(0);
     for route in &config.routes {
+        let per_user = if route.per_user { ", per-user" } else { "" };
         println!(
-            "  {:<width$}  -> {}  (route '{}', auth {})",
+            "  {:<width$}  -> {}  (route '{}', auth {}{per_user})",
             route.prefix,
             route.upstream,
             route.name,

@@ -112,6 +112,9 @@ pub(crate) struct ServerConfig {
     /// The request headers, in order of preference, that name the caller, set by an
     /// authenticating proxy in front that the operator trusts; empty when none is.
     pub(crate) identity_headers: Vec<http::HeaderName>,
+    /// A per-user token is refreshed ahead of expiry only while its user made a request
+    /// within this long; an idle user's token is refreshed on their next request instead.
+    pub(crate) per_user_refresh_window: Duration,
 }
 
 /// `[server.tls]`: serve HTTPS with this certificate chain and key (PEM files).
@@ -161,6 +164,18 @@ pub(crate) enum Transport {
     Sse,
 }
 
+/// Whose upstream tokens a route's requests use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum PrincipalMode {
+    /// One sign-in for the route, shared by every client.
+    #[default]
+    Shared,
+    /// Each person signs in for themselves: the principal is the caller's identity as the
+    /// trusted proxy in front forwards it (`server.trusted_identity_header`).
+    Forwarded,
+}
+
 /// One `[[routes]]` table. Two are equal when a reload can keep the route as it runs.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct RouteConfig {
@@ -179,6 +194,8 @@ pub(crate) struct RouteConfig {
     /// Client keys good for this route only, besides `server.api_keys`.
     pub(crate) api_keys: Vec<ApiKeyHash>,
     pub(crate) auth: RouteAuth,
+    /// Each caller has their own slot (only OAuth routes can be per-user).
+    pub(crate) per_user: bool,
     /// Static request headers for the upstream, names as written in the file.
     pub(crate) headers: Vec<(String, String)>,
     /// `[[routes.plugins]]`, in order, their settings checked.
@@ -535,6 +552,19 @@ pub(crate) enum FieldErrorKind {
     /// The value itself is not shown: static headers often carry keys.
     #[error("the value of header `{name}` contains control characters")]
     InvalidHeaderValue { name: String },
+
+    #[error(
+        "principal = \"forwarded\" needs to know who each caller is: set \
+         server.trusted_identity_header to the header your authenticating proxy sets \
+         (on Databricks Apps it is X-Forwarded-Email, trusted by default)"
+    )]
+    PerUserWithoutIdentity,
+
+    #[error("`{value}` is not a principal mode: use shared or forwarded")]
+    UnknownPrincipal { value: String },
+
+    #[error("principal = \"forwarded\" only applies to auth.kind = \"oauth\"")]
+    PerUserWithoutOAuth,
 
     #[error(
         "no routes: add a [[routes]] table, or set UPSTREAM_MCP_URL to proxy a single upstream"

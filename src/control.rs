@@ -25,6 +25,7 @@ use serde_json::json;
 
 use crate::gateway::Shared;
 use crate::oauth::OAuthRoute;
+use crate::oauth::users::Principal;
 use crate::proxy::reply;
 use subtle::ConstantTimeEq;
 
@@ -122,7 +123,14 @@ async fn too_many(
 
 /// The UI page, or for a client that asks for JSON, the same as JSON.
 async fn index(session: &mut Session, shared: &Shared) -> pingora::Result<u16> {
-    let routes = status::RouteStatus::all(shared);
+    let viewer = viewer(session, shared);
+    if let Some(viewer) = &viewer {
+        // Someone's first visit since start: read their sign-ins from the store.
+        for route in shared.routing().oauth.values() {
+            route.user(viewer).await;
+        }
+    }
+    let routes = status::RouteStatus::all(shared, viewer.as_ref());
     if wants_json(session) {
         let body = json!({
             "gateway": "mcp-u2m-gateway",
@@ -164,7 +172,7 @@ async fn readiness(session: &mut Session, shared: &Shared) -> pingora::Result<u1
     let draining = shared.draining.load(Ordering::Relaxed);
     // A route that needs sign-in is ready: that is a person's to-do, not a fault, and
     // taking the gateway out of a load balancer would not help anyone sign in.
-    let routes: Vec<_> = status::RouteStatus::all(shared)
+    let routes: Vec<_> = status::RouteStatus::all(shared, None)
         .into_iter()
         .map(|route| {
             json!({
@@ -192,10 +200,16 @@ async fn readiness(session: &mut Session, shared: &Shared) -> pingora::Result<u1
 async fn metrics(session: &mut Session, shared: &Shared) -> pingora::Result<u16> {
     let now = status::unix_now() as i64;
     for (name, route) in &shared.routing().oauth {
-        let expires_at = route
-            .tokens()
-            .filter(|_| route.status() == crate::oauth::SlotStatus::SignedIn)
-            .and_then(|tokens| tokens.expires_at);
+        // A per-user route reports the soonest expiry among the people signed in.
+        let slots = match route.users() {
+            Some(users) => users.all(),
+            None => vec![Arc::clone(route)],
+        };
+        let expires_at = slots
+            .iter()
+            .filter(|slot| slot.status() == crate::oauth::SlotStatus::SignedIn)
+            .filter_map(|slot| slot.tokens()?.expires_at)
+            .reduce(f64::min);
         let left = expires_at.map(|at| at as i64 - now);
         shared.metrics.token_expiry(name, left);
     }
@@ -217,8 +231,58 @@ fn metadata_document(shared: &Shared, path: &str) -> Option<serde_json::Value> {
     })
 }
 
-fn oauth_route(shared: &Shared, name: &str) -> Option<Arc<OAuthRoute>> {
-    shared.routing().oauth_route(name).cloned()
+/// Who is looking, when a proxy in front names people (`server.trusted_identity_header`).
+fn viewer(session: &Session, shared: &Shared) -> Option<Principal> {
+    let routing = shared.routing();
+    let identity_headers = &routing.config.server.identity_headers;
+    Principal::from_headers(&session.req_header().headers, identity_headers)
+}
+
+/// Why a page or an admin call cannot act on a route's sign-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlotRefusal {
+    /// No OAuth route has that name.
+    NoOAuthRoute,
+    /// The route is per-user and the request names nobody.
+    NobodyNamed,
+}
+
+/// The sign-in a request acts on: the route's, or on a per-user route `principal`'s own.
+pub(crate) async fn slot_for(
+    shared: &Shared,
+    name: &str,
+    principal: Option<&Principal>,
+) -> Result<Arc<OAuthRoute>, SlotRefusal> {
+    let route = shared
+        .routing()
+        .oauth_route(name)
+        .cloned()
+        .ok_or(SlotRefusal::NoOAuthRoute)?;
+    if !route.is_per_user() {
+        return Ok(route);
+    }
+    let principal = principal.ok_or(SlotRefusal::NobodyNamed)?;
+    route.user(principal).await.ok_or(SlotRefusal::NobodyNamed)
+}
+
+/// The viewer's own sign-in on route `name`, or the page that says why there is none.
+async fn own_slot(
+    session: &mut Session,
+    shared: &Shared,
+    name: &str,
+) -> Result<Arc<OAuthRoute>, pingora::Result<u16>> {
+    let viewer = viewer(session, shared);
+    match slot_for(shared, name, viewer.as_ref()).await {
+        Ok(slot) => Ok(slot),
+        Err(SlotRefusal::NoOAuthRoute) => Err(no_oauth_route(session, name).await),
+        Err(SlotRefusal::NobodyNamed) => {
+            let message = format!(
+                "each person signs in to route '{name}' for themselves, and this request does \
+                 not say who you are: open this page through the proxy that signs you in"
+            );
+            Err(html(session, 401, &pages::failed(Some(name), &message)).await)
+        }
+    }
 }
 
 /// Signs a route out, from the UI's form.
@@ -226,12 +290,13 @@ async fn sign_out(session: &mut Session, shared: &Shared, name: &str) -> pingora
     if let Some(refused) = refuse_forged(session, shared).await {
         return refused;
     }
-    let Some(route) = oauth_route(shared, name) else {
-        return no_oauth_route(session, name).await;
+    let route = match own_slot(session, shared, name).await {
+        Ok(route) => route,
+        Err(answered) => return answered,
     };
     match route.sign_out().await {
         Ok(()) => {
-            tracing::info!(route = %route.name, "signed out");
+            tracing::info!(route = %route.name, principal = %route.principal_hash(), "signed out");
             redirect(session, 303, "/").await
         }
         Err(error) => {
@@ -246,8 +311,9 @@ async fn refresh(session: &mut Session, shared: &Shared, name: &str) -> pingora:
     if let Some(refused) = refuse_forged(session, shared).await {
         return refused;
     }
-    let Some(route) = oauth_route(shared, name) else {
-        return no_oauth_route(session, name).await;
+    let route = match own_slot(session, shared, name).await {
+        Ok(route) => route,
+        Err(answered) => return answered,
     };
     match route.refresh_now().await {
         Ok(()) => redirect(session, 303, &format!("/#route-{}", route.name)).await,

@@ -600,6 +600,7 @@ pub(crate) fn build_routing(
                         oauth_http_client(route)?,
                         Arc::clone(metrics),
                         &config.server.public_url,
+                        config.server.per_user_refresh_window,
                     ));
                     fresh.push(Arc::clone(&created));
                     created
@@ -659,6 +660,7 @@ pub(crate) fn build_routing(
 fn same_oauth_slot(before: &RouteConfig, after: &RouteConfig) -> bool {
     matches!(after.auth, RouteAuth::OAuth(_))
         && before.auth == after.auth
+        && before.per_user == after.per_user
         && before.upstream_text == after.upstream_text
         && before.ca_file == after.ca_file
 }
@@ -785,6 +787,8 @@ fn build_route(
         prefix: config.prefix.clone(),
         upstream: Upstream::new(config.upstream.clone(), timeouts, ca),
         tokens,
+        per_user: oauth.filter(|route| route.is_per_user()).cloned(),
+        session_owners: config.per_user.then(Default::default),
         extra_headers,
         identity_headers: identity_headers.to_vec(),
         keeps_body: plugins.iter().any(|plugin| plugin.wants_request_body()),
@@ -813,7 +817,8 @@ fn bind(addr: SocketAddr) -> Result<(OwnedFd, SocketAddr), StartError> {
     Ok((OwnedFd::from(listener), local))
 }
 
-/// One refresher task per OAuth route in force. After a reload it starts the tasks of new
+/// One refresher task per OAuth route in force (for a per-user route, one that schedules
+/// everyone's refreshes). After a reload it starts the tasks of new
 /// OAuth routes and stops those of routes that are gone; a route that a reload kept keeps
 /// its task.
 struct Refreshers(Arc<Shared>);
@@ -835,7 +840,12 @@ impl pingora::services::background::BackgroundService for Refreshers {
             for route in routing.oauth.values() {
                 if !running.iter().any(|(known, _)| Arc::ptr_eq(known, route)) {
                     let (stop, stopped) = tokio::sync::oneshot::channel();
-                    tokio::spawn(crate::oauth::refresher::run(Arc::clone(route), stopped));
+                    let task = Arc::clone(route);
+                    if route.is_per_user() {
+                        tokio::spawn(crate::oauth::refresher::run_users(task, stopped));
+                    } else {
+                        tokio::spawn(crate::oauth::refresher::run(task, stopped));
+                    }
                     running.push((Arc::clone(route), stop));
                 }
             }

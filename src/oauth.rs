@@ -14,6 +14,7 @@ pub(crate) mod exchange;
 pub(crate) mod flow;
 pub(crate) mod refresher;
 pub(crate) mod registration;
+pub(crate) mod users;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use crate::config::{OAuthSettings, RouteConfig};
 use crate::store::{Slot, StoredTokens, TokenStore};
 use crate::token::{AccessToken, TokenError, TokenSource};
 use discovery::{Discovered, DiscoveryOverrides};
+use users::{Principal, UserLink, Users};
 
 /// A token this close to expiry (or a tenth of its lifetime, if that is less) is refreshed
 /// before use rather than sent.
@@ -67,7 +69,9 @@ pub(crate) struct RefreshRecord {
     pub(crate) outcome: &'static str,
 }
 
-/// One OAuth route: its settings, its slot, and the signed-in person's tokens.
+/// One OAuth route: its settings, its slot, and the signed-in person's tokens. In per-user
+/// mode the route's own `OAuthRoute` holds the [`Users`], and each person has one of
+/// their own, made by [`OAuthRoute::user`].
 #[derive(Debug)]
 pub(crate) struct OAuthRoute {
     pub(crate) name: String,
@@ -95,12 +99,39 @@ pub(crate) struct OAuthRoute {
     last_refresh: RwLock<Option<RefreshRecord>>,
     /// A refresh is talking to the authorization server right now.
     pub(super) refreshing: AtomicBool,
-    discovered: tokio::sync::Mutex<Option<Arc<Discovered>>>,
+    /// Shared by the route and each of its principals: one discovery per route.
+    discovered: Arc<tokio::sync::Mutex<Option<Arc<Discovered>>>>,
+    /// Per-user mode, on the route's own `OAuthRoute`: each person's.
+    users: Option<Users>,
+    /// Per-user mode, on a person's `OAuthRoute`: whose it is, and their route's scheduler.
+    user: Option<UserLink>,
+    /// When a request last asked for a token, Unix seconds.
+    last_used: AtomicU64,
+    /// The slot's stored tokens have been read.
+    loaded: tokio::sync::OnceCell<()>,
+}
+
+/// What an `OAuthRoute` is made of, before anyone signs in.
+struct Setup {
+    name: String,
+    mcp_url: Url,
+    settings: OAuthSettings,
+    slot: Slot,
+    store: Arc<dyn TokenStore>,
+    http: reqwest::Client,
+    metrics: Arc<crate::metrics::Metrics>,
+    redirect_uri: Url,
+    sign_in_url: String,
+    client_metadata_url: Option<Url>,
+    discovered: Arc<tokio::sync::Mutex<Option<Arc<Discovered>>>>,
+    users: Option<Users>,
+    user: Option<UserLink>,
 }
 
 impl OAuthRoute {
     /// The OAuth side of `route`, whose `auth` is `settings`; its slot is the route's
-    /// upstream with no principal.
+    /// upstream with no principal. A per-user route refreshes the tokens of people who
+    /// used them within `refresh_window`.
     pub(crate) fn new(
         route: &RouteConfig,
         settings: OAuthSettings,
@@ -108,6 +139,7 @@ impl OAuthRoute {
         http: reqwest::Client,
         metrics: Arc<crate::metrics::Metrics>,
         public_url: &Url,
+        refresh_window: Duration,
     ) -> Self {
         let name = route.name.clone();
         let mcp_url = mcp_endpoint(&route.upstream);
@@ -119,7 +151,7 @@ impl OAuthRoute {
             .client_metadata_url
             .as_deref()
             .and_then(|url| public_url.join(url).ok());
-        Self {
+        Self::assemble(Setup {
             sign_in_url: format!("{base}/auth/{name}/start"),
             client_metadata_url,
             name,
@@ -130,6 +162,25 @@ impl OAuthRoute {
             http,
             metrics,
             redirect_uri,
+            discovered: Arc::new(tokio::sync::Mutex::new(None)),
+            users: route.per_user.then(|| Users::new(refresh_window)),
+            user: None,
+        })
+    }
+
+    /// An `OAuthRoute` of `setup` that nobody has signed in to yet.
+    fn assemble(setup: Setup) -> Self {
+        Self {
+            name: setup.name,
+            mcp_url: setup.mcp_url,
+            settings: setup.settings,
+            slot: setup.slot,
+            store: setup.store,
+            http: setup.http,
+            metrics: setup.metrics,
+            redirect_uri: setup.redirect_uri,
+            sign_in_url: setup.sign_in_url,
+            client_metadata_url: setup.client_metadata_url,
             tokens: RwLock::new(None),
             status: RwLock::new(SlotStatus::NeedsSignIn {
                 reason: "not signed in yet".into(),
@@ -140,17 +191,119 @@ impl OAuthRoute {
             required_scopes: RwLock::new(BTreeSet::new()),
             last_refresh: RwLock::new(None),
             refreshing: AtomicBool::new(false),
-            discovered: tokio::sync::Mutex::new(None),
+            discovered: setup.discovered,
+            users: setup.users,
+            user: setup.user,
+            last_used: AtomicU64::new(0),
+            loaded: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Whether each person has a slot of their own on this route.
+    pub(crate) fn is_per_user(&self) -> bool {
+        self.users.is_some()
+    }
+
+    /// The people of a per-user route.
+    pub(crate) fn users(&self) -> Option<&Users> {
+        self.users.as_ref()
+    }
+
+    /// `principal`'s own side of this per-user route, with their stored tokens read; `None`
+    /// when the route is not per-user.
+    pub(crate) async fn user(&self, principal: &Principal) -> Option<Arc<OAuthRoute>> {
+        let users = self.users.as_ref()?;
+        let user = users.get_or_insert(principal, || self.for_principal(principal, users));
+        user.loaded.get_or_init(|| user.load()).await;
+        Some(user)
+    }
+
+    /// A person's `OAuthRoute`: the route's settings, a slot of their own, fresh state.
+    fn for_principal(&self, principal: &Principal, users: &Users) -> OAuthRoute {
+        let slot = Slot::new(
+            self.name.clone(),
+            self.slot.upstream.clone(),
+            Some(principal.as_str().to_owned()),
+        );
+        OAuthRoute::assemble(Setup {
+            name: self.name.clone(),
+            mcp_url: self.mcp_url.clone(),
+            settings: self.settings.clone(),
+            slot,
+            store: Arc::clone(&self.store),
+            http: self.http.clone(),
+            metrics: Arc::clone(&self.metrics),
+            redirect_uri: self.redirect_uri.clone(),
+            sign_in_url: self.sign_in_url.clone(),
+            client_metadata_url: self.client_metadata_url.clone(),
+            discovered: Arc::clone(&self.discovered),
+            users: None,
+            user: Some(UserLink {
+                principal: principal.clone(),
+                wake: Arc::clone(&users.wake),
+                refresh_window: users.refresh_window,
+            }),
+        })
+    }
+
+    /// Whose slot this is, in per-user mode.
+    pub(crate) fn principal(&self) -> Option<&Principal> {
+        self.user.as_ref().map(|user| &user.principal)
+    }
+
+    /// The principal's hash for log lines; `-` for a route's shared slot.
+    pub(crate) fn principal_hash(&self) -> String {
+        self.principal()
+            .map_or_else(|| "-".to_owned(), Principal::hash)
+    }
+
+    /// When a request last asked for this slot's token.
+    pub(crate) fn last_used(&self) -> Option<SystemTime> {
+        match self.last_used.load(Ordering::Relaxed) {
+            0 => None,
+            secs => Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
+        }
+    }
+
+    /// Notes that someone used this slot now (a request, or a sign-in).
+    pub(crate) fn note_use(&self) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        // Whole seconds are enough for a window of hours; skip the write within one.
+        let before = self.last_used.load(Ordering::Relaxed);
+        if before == now {
+            return;
+        }
+        self.last_used.store(now, Ordering::Relaxed);
+        // Someone back after a while is scheduled again.
+        if let Some(user) = &self.user
+            && now.saturating_sub(before) > user.refresh_window.as_secs()
+        {
+            user.wake.notify_one();
+        }
+    }
+
+    /// Tells whoever schedules this slot's refreshes that its tokens or status changed.
+    fn announce_change(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+        if let Some(user) = &self.user {
+            user.wake.notify_one();
         }
     }
 
     /// Loads the slot's tokens from the store; a missing or unreadable file means sign-in.
     pub(crate) async fn load(&self) {
+        if self.is_per_user() {
+            return; // Each person's slot is read when they first come.
+        }
         match self.store.load_tokens(&self.slot).await {
             Ok(Some(tokens)) => self.install(tokens),
             Ok(None) => {}
             Err(error) => {
-                tracing::warn!(route = %self.name, %error, "stored tokens unusable; the route needs sign-in");
+                let principal = self.principal_hash();
+                tracing::warn!(route = %self.name, %principal, %error, "stored tokens unusable; sign-in needed");
                 self.needs_sign_in(error.to_string());
             }
         }
@@ -189,8 +342,7 @@ impl OAuthRoute {
     pub(crate) fn install(&self, tokens: StoredTokens) {
         *self.tokens.write() = Some(tokens);
         *self.status.write() = SlotStatus::SignedIn;
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_waiters();
+        self.announce_change();
     }
 
     /// Marks the route as needing a person to sign in again.
@@ -198,8 +350,7 @@ impl OAuthRoute {
         *self.status.write() = SlotStatus::NeedsSignIn {
             reason: reason.into(),
         };
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_waiters();
+        self.announce_change();
     }
 
     /// Forgets the tokens in memory and in the store (the registration stays).
@@ -297,6 +448,11 @@ impl TokenSource for OAuthRoute {
     }
 
     async fn bearer(&self) -> Result<Option<AccessToken>, TokenError> {
+        if self.is_per_user() {
+            // A per-user route's own slot belongs to nobody; requests use their person's.
+            return Err(self.sign_in_error("this route signs each person in separately".into()));
+        }
+        self.note_use();
         // Two rounds at most: a token that is stale on arrival is refreshed once.
         for _ in 0..2 {
             let generation = self.generation();

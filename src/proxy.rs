@@ -15,6 +15,7 @@ pub(crate) mod jsonrpc;
 pub(crate) mod legacy;
 pub(crate) mod legacy_upstream;
 pub(crate) mod origin;
+pub(crate) mod owners;
 pub(crate) mod replay;
 pub(crate) mod reply;
 pub(crate) mod sse;
@@ -34,11 +35,15 @@ use url::Url;
 
 use crate::control::Plane;
 use crate::gateway::{InflightGuard, Shared};
-use crate::proxy::inbound::Inbound;
+use crate::oauth::users::Principal;
+use crate::proxy::inbound::{Caller, Inbound};
 use crate::route::{Destination, Route};
-use crate::token::{AccessToken, TokenError};
+use crate::token::{AccessToken, TokenError, TokenSource};
 use inbound::Client;
 use replay::ReplayBody;
+
+/// The Streamable HTTP session header.
+const MCP_SESSION_ID: &str = "mcp-session-id";
 
 /// The JSON-RPC error code of a request a plugin refused (in the range JSON-RPC leaves to
 /// servers; 429 in its last digits, for the HTTP status it comes with).
@@ -62,6 +67,9 @@ pub(crate) struct RequestCtx {
     route: Option<Arc<Route>>,
     upstream_url: Option<Url>,
     token: Option<AccessToken>,
+    /// Where the request's upstream token comes from: the route's source, or in per-user
+    /// mode the caller's own.
+    tokens: Option<Arc<dyn TokenSource>>,
     /// The request body so far, on OAuth routes, for a resend after a refused token.
     replay: Option<ReplayBody>,
     /// The upstream refused the route's token (401): the gateway refreshes it and sends
@@ -98,6 +106,7 @@ impl ProxyHttp for GatewayProxy {
             route: None,
             upstream_url: None,
             token: None,
+            tokens: None,
             replay: None,
             token_refused: false,
             sign_in: None,
@@ -255,6 +264,13 @@ impl ProxyHttp for GatewayProxy {
     ) -> pingora::Result<()> {
         headers::prepare_downstream(upstream_response);
         if let Some(route) = &ctx.route {
+            if let (Some(owners), Some(client), Some(id)) = (
+                &route.session_owners,
+                &ctx.client,
+                upstream_response.headers.get(MCP_SESSION_ID),
+            ) {
+                owners.record(id.as_bytes(), client);
+            }
             route.set_upstream_unreachable(false);
             route.filter_response(upstream_response);
         }
@@ -522,7 +538,10 @@ impl GatewayProxy {
             return Ok(());
         };
         tracing::info!(parent: &ctx.span, route = %route.name, %scope, "upstream asks for more scope; the next sign-in requests it");
-        ctx.sign_in = route.tokens.scope_required(&scope);
+        ctx.sign_in = ctx
+            .tokens
+            .as_ref()
+            .and_then(|tokens| tokens.scope_required(&scope));
         match ctx.sign_in {
             Some(_) => Error::e_explain(ErrorType::HTTPStatus(403), "insufficient scope"),
             None => Ok(()),
@@ -534,11 +553,15 @@ impl GatewayProxy {
     /// refusal means the route needs sign-in. A body too large to keep is not resent: the
     /// client is asked to send the request again, which then goes out with the new token.
     async fn resend(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<u16> {
-        let (Some(route), Some(url)) = (ctx.route.clone(), ctx.upstream_url.clone()) else {
+        let (Some(route), Some(url), Some(tokens)) = (
+            ctx.route.clone(),
+            ctx.upstream_url.clone(),
+            ctx.tokens.clone(),
+        ) else {
             return Error::e_explain(ErrorType::InternalError, "request without a route");
         };
         if let Some(refused) = &ctx.token {
-            route.tokens.refused(refused).await;
+            tokens.refused(refused).await;
         }
         let body = match &mut ctx.replay {
             Some(replay) => replay.complete(session).await,
@@ -550,7 +573,7 @@ impl GatewayProxy {
         let Some(body) = body else {
             return self.refreshed_without_resend(session, &route).await;
         };
-        let token = match route.tokens.bearer().await {
+        let token = match tokens.bearer().await {
             Ok(token) => token,
             Err(error) => return self.answer_no_token(session, &route, &error, message).await,
         };
@@ -569,10 +592,7 @@ impl GatewayProxy {
             return Ok(status);
         }
         tracing::warn!(parent: &ctx.span, route = %route.name, "upstream refused a refreshed token; the route needs sign-in");
-        let error = match route
-            .tokens
-            .give_up("the upstream refused the refreshed token")
-        {
+        let error = match tokens.give_up("the upstream refused the refreshed token") {
             Err(error) => error,
             Ok(()) => {
                 let message = format!("route '{}': the upstream refused the token", route.name);
@@ -644,9 +664,30 @@ impl GatewayProxy {
         }
         ctx.route = Some(Arc::clone(&route));
         ctx.span.record("route", route.name.as_str());
+        let principal = route.per_user.as_ref().and_then(|_| {
+            Principal::from_headers(&session.req_header().headers, &route.identity_headers)
+        });
+        let Some(tokens) = route.tokens_for(principal.as_ref()).await else {
+            return self.nobody_named(session, &route).await.map(Some);
+        };
+        ctx.tokens = Some(Arc::clone(&tokens));
+        if let Some(principal) = &principal {
+            // In per-user mode the caller is the person, whatever key or address they use.
+            let client = Client::of_principal(principal);
+            if self.foreign_session(session, &route, &client) {
+                let body = reply::error_body(
+                    "unknown_session",
+                    "no such session for this client: initialize a new one",
+                );
+                return reply::json(session, 404, &body).await.map(Some);
+            }
+            ctx.client = Some(client);
+        }
         // Only plugins need to know who the caller is (a key's digest costs a hash).
         if !route.plugins.is_empty() {
-            ctx.client = Some(inbound.client(session));
+            if ctx.client.is_none() {
+                ctx.client = Some(inbound.client(session));
+            }
             if route.keeps_body {
                 ctx.kept_body = Some(bytes::BytesMut::new());
             }
@@ -673,22 +714,19 @@ impl GatewayProxy {
         }
         if route.bridges_legacy() || route.bridges_streamable() {
             // Bridge sessions belong to a client, so here the caller matters.
-            let client = ctx
-                .client
-                .clone()
-                .unwrap_or_else(|| inbound.client(session));
+            let caller = Self::caller(session, ctx, inbound, &tokens);
             let cors = ctx.cors.as_deref();
             let method = &mut ctx.rpc_method;
             let bridged = if route.bridges_streamable() {
-                legacy_upstream::handle(session, &self.shared, &route, rest, client, method).await?
+                legacy_upstream::handle(session, &self.shared, &route, rest, caller, method).await?
             } else {
-                bridge::handle(session, &self.shared, &route, rest, client, cors, method).await?
+                bridge::handle(session, &self.shared, &route, rest, caller, cors, method).await?
             };
             if bridged.is_some() {
                 return Ok(bridged);
             }
         }
-        let token = match route.tokens.bearer().await {
+        let token = match tokens.bearer().await {
             Ok(token) => token,
             Err(error) => {
                 let message = jsonrpc::request_body(session).await;
@@ -708,16 +746,15 @@ impl GatewayProxy {
             let cors = ctx.cors.as_deref();
             // A legacy stream on an `auto` route finds out whether the upstream has one.
             let probe = rest == "/sse" && route.transport == crate::config::Transport::Auto;
-            let relayed = stream::relay(
-                session,
-                &self.shared,
-                &route,
-                &url,
-                token.as_ref(),
+            let caller = Self::caller(session, ctx, inbound, &tokens);
+            let request = stream::StreamRequest {
+                url: &url,
+                caller: &caller,
+                token: token.as_ref(),
                 cors,
-                probe,
-            )
-            .await?;
+                probe_legacy: probe,
+            };
+            let relayed = stream::relay(session, &self.shared, &route, request).await?;
             if let Some(status) = relayed {
                 return Ok(Some(status));
             }
@@ -725,11 +762,7 @@ impl GatewayProxy {
                 .no_legacy
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(route = %route.name, "the upstream has no legacy SSE endpoint: legacy clients are bridged to its Streamable HTTP endpoint");
-            let client = ctx
-                .client
-                .clone()
-                .unwrap_or_else(|| inbound.client(session));
-            let status = bridge::serve_stream(session, &self.shared, &route, client, cors).await?;
+            let status = bridge::serve_stream(session, &self.shared, &route, caller, cors).await?;
             return Ok(Some(status));
         }
         ctx.upstream_url = Some(url);
@@ -738,6 +771,60 @@ impl GatewayProxy {
             return self.inspect(session, ctx, &route).await.map(Some);
         }
         Ok(None)
+    }
+
+    /// Whether the request names a Streamable HTTP session that someone else opened on this
+    /// per-user route; a `DELETE` of the caller's own session forgets it.
+    fn foreign_session(&self, session: &Session, route: &Route, client: &Client) -> bool {
+        let Some(owners) = &route.session_owners else {
+            return false;
+        };
+        let request = session.req_header();
+        let Some(id) = request.headers.get(MCP_SESSION_ID) else {
+            return false;
+        };
+        if owners.belongs_to_another(id.as_bytes(), client) {
+            return true;
+        }
+        if request.method == http::Method::DELETE {
+            owners.forget(id.as_bytes());
+        }
+        false
+    }
+
+    /// Who the request comes from, for the sessions and streams it opens.
+    fn caller(
+        session: &Session,
+        ctx: &RequestCtx,
+        inbound: &Inbound,
+        tokens: &Arc<dyn TokenSource>,
+    ) -> Caller {
+        Caller {
+            client: ctx
+                .client
+                .clone()
+                .unwrap_or_else(|| inbound.client(session)),
+            tokens: Arc::clone(tokens),
+        }
+    }
+
+    /// Answers a request to a per-user route that names nobody: the proxy in front did not
+    /// say who the caller is, so there is no one's token to use.
+    async fn nobody_named(&self, session: &mut Session, route: &Route) -> pingora::Result<u16> {
+        let headers = route
+            .identity_headers
+            .iter()
+            .map(http::HeaderName::as_str)
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let message = format!(
+            "route '{}' uses each person's own sign-in, and this request does not say whose: \
+             it must come through the authenticating proxy that sets {headers}",
+            route.name
+        );
+        let mut body = reply::error_body("unauthorized", message);
+        body["route"] = route.name.clone().into();
+        reply::json(session, 401, &body).await
     }
 
     /// Reads a `POST` body whole for the plugins that read messages, answers it when one of

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use url::Url;
 
 use crate::config::RESERVED_PATHS;
+use crate::oauth::OAuthRoute;
+use crate::oauth::users::Principal;
 use crate::proxy::upstream::Upstream;
 use crate::token::TokenSource;
 
@@ -21,7 +23,13 @@ pub(crate) struct Route {
     pub(crate) name: String,
     pub(crate) prefix: String,
     pub(crate) upstream: Upstream,
+    /// The route's token source. In per-user mode it hands out no token itself: each
+    /// request uses its caller's, from [`Route::tokens_for`].
     pub(crate) tokens: Arc<dyn TokenSource>,
+    /// In per-user mode, the route's OAuth side, which holds each person's slot.
+    pub(crate) per_user: Option<Arc<OAuthRoute>>,
+    /// In per-user mode, who opened each Streamable HTTP session.
+    pub(crate) session_owners: Option<crate::proxy::owners::SessionOwners>,
     pub(crate) extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// The headers a trusted proxy in front names callers in, which stay at the gateway.
     pub(crate) identity_headers: Vec<http::HeaderName>,
@@ -47,6 +55,19 @@ pub(crate) struct Route {
 }
 
 impl Route {
+    /// The token source a request from `principal` uses: the route's own, or in per-user
+    /// mode that person's; `None` when the route is per-user and the request names nobody.
+    pub(crate) async fn tokens_for(
+        &self,
+        principal: Option<&Principal>,
+    ) -> Option<Arc<dyn TokenSource>> {
+        let Some(route) = &self.per_user else {
+            return Some(Arc::clone(&self.tokens));
+        };
+        let user = route.user(principal?).await?;
+        Some(user as Arc<dyn TokenSource>)
+    }
+
     /// Lets the plugins that read messages change one on its way to the client; the
     /// message as JSON text when one did.
     pub(crate) fn filter_message(&self, data: &str) -> Option<String> {

@@ -20,6 +20,7 @@ fn gateway() -> Command {
         .env_remove("DATABRICKS_APP_PORT")
         .env_remove("PORT")
         .env_remove("OAUTH_CALLBACK_PORT")
+        .env_remove("MCP_GATEWAY_PRINCIPAL")
         .env("RUST_LOG", "info");
     command
 }
@@ -158,6 +159,35 @@ fn upstream_mcp_url_alone_makes_a_single_route_app() {
         text(&databricks.stdout).contains("0.0.0.0:8080"),
         "{}",
         text(&databricks.stdout)
+    );
+    assert!(!text(&databricks.stdout).contains("per-user"));
+
+    // One sign-in per workspace user, where the platform names them; nowhere else.
+    let per_user = |databricks: bool| {
+        let mut command = gateway();
+        command
+            .arg("check")
+            .current_dir(dir.path())
+            .env("UPSTREAM_MCP_URL", "https://mcp.atlassian.com/v1")
+            .env("MCP_GATEWAY_PRINCIPAL", "forwarded");
+        if databricks {
+            command.env("DATABRICKS_APP_PORT", "8080");
+        }
+        command.output().expect("run")
+    };
+    let output = per_user(true);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("auth oauth, per-user"),
+        "{}",
+        text(&output.stdout)
+    );
+    let output = per_user(false);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("MCP_GATEWAY_PRINCIPAL: principal = \"forwarded\" needs"),
+        "{}",
+        text(&output.stderr)
     );
 }
 

@@ -356,7 +356,16 @@ async fn metrics_count_requests_by_json_rpc_method_and_carry_no_secret() {
         sent_bytes += body.to_string().len();
         assert_eq!(rpc(&gateway, &session_id, body.clone()).await.status(), 200);
     }
-    let after = scrape(&gateway).await;
+    // A request is counted when it is logged, just after its answer went out.
+    let counted = "mcp_gateway_request_duration_seconds_count{route=\"up\"}";
+    let mut after = scrape(&gateway).await;
+    for _ in 0..50 {
+        if sample(&after, counted) - sample(&before, counted) >= 6.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        after = scrape(&gateway).await;
+    }
 
     let delta = |series: &str| sample(&after, series) - sample(&before, series);
     let requests = |rpc: &str| {

@@ -157,7 +157,7 @@ impl Backend {
     async fn routes(&self) -> anyhow::Result<Vec<RouteStatus>> {
         match self {
             Backend::Gateway(client) => client.routes().await,
-            Backend::Store(shared) => Ok(RouteStatus::all(shared)),
+            Backend::Store(shared) => Ok(RouteStatus::all(shared, None)),
         }
     }
 
@@ -506,6 +506,7 @@ pub(crate) fn refresh(config: &Config, name: &str, json: bool) -> anyhow::Result
                     .oauth_route(name)
                     .cloned()
                     .with_context(|| format!("route '{name}' does not sign in with OAuth"))?;
+                per_user_refused(&route)?;
                 route.refresh_now().await.map_err(|error| {
                     let needs = route.status() != crate::oauth::SlotStatus::SignedIn;
                     (needs, format!("route '{name}': {error}"))
@@ -581,6 +582,7 @@ pub(crate) fn clear(
                         .oauth_route(&name)
                         .cloned()
                         .with_context(|| format!("route '{name}' does not sign in with OAuth"))?;
+                    per_user_refused(&route)?;
                     route
                         .clear(registration)
                         .await
@@ -593,12 +595,31 @@ pub(crate) fn clear(
     })
 }
 
+/// Refuses to act on a per-user route's own slot, which holds nobody's sign-in.
+fn per_user_refused(route: &crate::oauth::OAuthRoute) -> anyhow::Result<()> {
+    if route.is_per_user() {
+        bail!(
+            "route '{}' keeps a sign-in per person: with the gateway running, use its admin \
+             API with ?principal=<identity> (POST /admin/api/routes/{}/refresh or /clear)",
+            route.name,
+            route.name
+        );
+    }
+    Ok(())
+}
+
 /// `auth ROUTE`: prints the URL to sign in at, opens a browser where there is one, and waits
 /// for the sign-in to finish.
 pub(crate) fn auth(config: Config, name: &str) -> anyhow::Result<Done> {
     runtime()?.block_on(async {
         let backend = Backend::connect(&config).await?;
         let before = backend.route(name).await?;
+        if before.per_user.is_some() {
+            bail!(
+                "route '{name}' keeps a sign-in per person: each person signs in on the \
+                 gateway's page, reached through the proxy that names them"
+            );
+        }
         let Some(sign_in) = &before.sign_in else {
             bail!("route '{name}' does not sign in with OAuth");
         };

@@ -19,6 +19,9 @@ pub(super) const UPSTREAM_VAR: &str = "UPSTREAM_MCP_URL";
 /// Set by Databricks Apps: the port the platform routes to. Its presence also says the
 /// platform authenticates callers in front of the gateway.
 pub(super) const DATABRICKS_PORT_VAR: &str = "DATABRICKS_APP_PORT";
+/// Single-upstream mode's principal: `shared` (the default) or `forwarded`, one sign-in per
+/// person named by the platform in front.
+pub(super) const PRINCIPAL_VAR: &str = "MCP_GATEWAY_PRINCIPAL";
 /// Port variables in order of precedence for single-upstream mode.
 const PORT_VARS: &[&str] = &[DATABRICKS_PORT_VAR, "PORT", "OAUTH_CALLBACK_PORT"];
 const DEFAULT_PORT: u16 = 8000;
@@ -111,35 +114,56 @@ pub(super) fn single_upstream(env: &dyn Env) -> Result<Config, Vec<FieldError>> 
     let listen = single_upstream_listen(env).map_err(|(var, kind)| fail(var, kind));
     let store_dir =
         expand_home(validate::DEFAULT_STORE_DIR, env).map_err(|kind| fail("HOME", kind));
+    let databricks = env.var(DATABRICKS_PORT_VAR).is_some();
+    let per_user =
+        single_upstream_principal(env, databricks).map_err(|kind| fail(PRINCIPAL_VAR, kind));
 
-    match (upstream, listen, store_dir) {
-        (Some((upstream, upstream_text)), Ok(listen), Ok(dir)) if errors.is_empty() => Ok(Config {
-            server: validate::default_server(listen, env.var(DATABRICKS_PORT_VAR).is_some()),
-            store: StoreConfig {
-                kind: StoreKind::File,
-                dir,
-            },
-            admin: AdminConfig {
-                listen: None,
-                token: super::admin::default_token(env),
-                allow_loopback: true,
-            },
-            routes: vec![RouteConfig {
-                name: "default".to_owned(),
-                prefix: "/".to_owned(),
-                upstream,
-                upstream_text,
-                ca_file: None,
-                max_body_bytes: super::routes::DEFAULT_MAX_BODY_BYTES,
-                transport: super::Transport::Auto,
-                api_keys: Vec::new(),
-                auth: RouteAuth::OAuth(Box::default()),
-                headers: Vec::new(),
-                plugins: Vec::new(),
-            }],
-            source: ConfigSource::Environment,
-        }),
+    match (upstream, listen, store_dir, per_user) {
+        (Some((upstream, upstream_text)), Ok(listen), Ok(dir), Ok(per_user))
+            if errors.is_empty() =>
+        {
+            Ok(Config {
+                server: validate::default_server(listen, databricks),
+                store: StoreConfig {
+                    kind: StoreKind::File,
+                    dir,
+                },
+                admin: AdminConfig {
+                    listen: None,
+                    token: super::admin::default_token(env),
+                    allow_loopback: true,
+                },
+                routes: vec![RouteConfig {
+                    name: "default".to_owned(),
+                    prefix: "/".to_owned(),
+                    upstream,
+                    upstream_text,
+                    ca_file: None,
+                    max_body_bytes: super::routes::DEFAULT_MAX_BODY_BYTES,
+                    transport: super::Transport::Auto,
+                    api_keys: Vec::new(),
+                    auth: RouteAuth::OAuth(Box::default()),
+                    per_user,
+                    headers: Vec::new(),
+                    plugins: Vec::new(),
+                }],
+                source: ConfigSource::Environment,
+            })
+        }
         _ => Err(errors),
+    }
+}
+
+/// `MCP_GATEWAY_PRINCIPAL`: whether each person signs in for themselves. Only a platform
+/// that names its callers (Databricks Apps) can tell people apart without a file.
+fn single_upstream_principal(env: &dyn Env, databricks: bool) -> Result<bool, FieldErrorKind> {
+    match env.var(PRINCIPAL_VAR).as_deref().map(str::trim) {
+        None | Some("shared") => Ok(false),
+        Some("forwarded") if databricks => Ok(true),
+        Some("forwarded") => Err(FieldErrorKind::PerUserWithoutIdentity),
+        Some(other) => Err(FieldErrorKind::UnknownPrincipal {
+            value: other.to_owned(),
+        }),
     }
 }
 

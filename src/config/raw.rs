@@ -48,6 +48,8 @@ pub(super) struct RawServer {
     pub(super) max_streams: Option<usize>,
     pub(super) max_streams_per_client: Option<usize>,
     pub(super) trusted_identity_header: Option<Spanned<String>>,
+    pub(super) principal: Option<Spanned<crate::config::PrincipalMode>>,
+    pub(super) per_user_refresh_window_secs: Option<Spanned<u64>>,
     pub(super) header_timeout_secs: Option<Spanned<u64>>,
     pub(super) max_header_bytes: Option<Spanned<usize>>,
     pub(super) idle_timeout_secs: Option<Spanned<u64>>,
@@ -99,6 +101,7 @@ pub(super) struct RawRoute {
     pub(super) transport: crate::config::Transport,
     #[serde(default)]
     pub(super) api_keys: Vec<Spanned<String>>,
+    pub(super) principal: Option<Spanned<crate::config::PrincipalMode>>,
     #[serde(default)]
     pub(super) auth: RawAuth,
     #[serde(default)]

@@ -12,7 +12,10 @@ use toml::Spanned;
 use super::location::key_text;
 use super::raw::{RawAuth, RawAuthKind, RawRoute};
 use super::validate::{Checker, http_url};
-use super::{BearerSource, FieldErrorKind, PluginConfig, RESERVED_PATHS, RouteAuth, RouteConfig};
+use super::{
+    BearerSource, FieldErrorKind, PluginConfig, PrincipalMode, RESERVED_PATHS, RouteAuth,
+    RouteConfig,
+};
 
 const MAX_NAME_LEN: usize = 64;
 
@@ -33,19 +36,41 @@ const FORBIDDEN_HEADERS: &[&str] = &[
     "upgrade",
 ];
 
+/// What the `[server]` section says about principals, for each route's own setting.
+#[derive(Debug)]
+pub(super) struct Principals {
+    /// `server.principal`, the mode of OAuth routes that do not name their own.
+    pub(super) default: Option<Spanned<PrincipalMode>>,
+    /// Some trusted header names the caller.
+    pub(super) identity_known: bool,
+}
+
 /// Validates all routes; `None` when any rule is broken (each one is recorded).
-pub(super) fn check(raw: Vec<RawRoute>, checker: &mut Checker<'_>) -> Option<Vec<RouteConfig>> {
+pub(super) fn check(
+    raw: Vec<RawRoute>,
+    principals: &Principals,
+    checker: &mut Checker<'_>,
+) -> Option<Vec<RouteConfig>> {
     if raw.is_empty() {
         checker.fail("routes".into(), None, FieldErrorKind::NoRoutes);
         return None;
     }
     check_unique_names(&raw, checker);
     check_unique_prefixes(&raw, checker);
+    let server_wants_per_user = principals
+        .default
+        .as_ref()
+        .is_some_and(|mode| *mode.get_ref() == PrincipalMode::Forwarded);
+    if server_wants_per_user && !principals.identity_known {
+        let span = principals.default.as_ref().map(Spanned::span);
+        let kind = FieldErrorKind::PerUserWithoutIdentity;
+        checker.fail("server.principal".into(), span, kind);
+    }
 
     let routes: Vec<Option<RouteConfig>> = raw
         .iter()
         .enumerate()
-        .map(|(index, route)| check_route(index, route, checker))
+        .map(|(index, route)| check_route(index, route, principals, checker))
         .collect();
     routes.into_iter().collect()
 }
@@ -53,7 +78,12 @@ pub(super) fn check(raw: Vec<RawRoute>, checker: &mut Checker<'_>) -> Option<Vec
 /// Generous for MCP, whose messages are small; large tool arguments still fit.
 pub(crate) const DEFAULT_MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
 
-fn check_route(index: usize, raw: &RawRoute, checker: &mut Checker<'_>) -> Option<RouteConfig> {
+fn check_route(
+    index: usize,
+    raw: &RawRoute,
+    principals: &Principals,
+    checker: &mut Checker<'_>,
+) -> Option<RouteConfig> {
     let key = |field: &str| format!("routes[{index}].{field}");
 
     let name = checked(&raw.name, check_name, key("name"), checker);
@@ -64,6 +94,7 @@ fn check_route(index: usize, raw: &RawRoute, checker: &mut Checker<'_>) -> Optio
         None => Some(None),
     };
     let auth = check_auth(index, &raw.auth, checker);
+    let per_user = check_principal(index, raw, auth.as_ref(), principals, checker);
     let headers = check_headers(index, &raw.headers, checker);
     let plugins = check_plugins(index, &raw.plugins, checker);
     let api_keys = super::validate::key_hashes(&key("api_keys"), &raw.api_keys, checker);
@@ -90,9 +121,43 @@ fn check_route(index: usize, raw: &RawRoute, checker: &mut Checker<'_>) -> Optio
         transport: raw.transport,
         api_keys: api_keys?,
         auth: auth?,
+        per_user: per_user?,
         headers: headers?,
         plugins: plugins?,
     })
+}
+
+/// Whether the route is per-user: its own `principal`, else the server's for OAuth routes.
+/// A route that asks for it itself must be an OAuth route, and someone must name callers.
+fn check_principal(
+    index: usize,
+    raw: &RawRoute,
+    auth: Option<&RouteAuth>,
+    principals: &Principals,
+    checker: &mut Checker<'_>,
+) -> Option<bool> {
+    let oauth = matches!(auth, Some(RouteAuth::OAuth(_)));
+    let Some(own) = &raw.principal else {
+        let server = principals.default.as_ref().map(|mode| *mode.get_ref());
+        return Some(oauth && server == Some(PrincipalMode::Forwarded));
+    };
+    if *own.get_ref() == PrincipalMode::Shared {
+        return Some(false);
+    }
+    let key = format!("routes[{index}].principal");
+    if auth.is_some() && !oauth {
+        checker.fail(key, Some(own.span()), FieldErrorKind::PerUserWithoutOAuth);
+        return None;
+    }
+    if !principals.identity_known {
+        checker.fail(
+            key,
+            Some(own.span()),
+            FieldErrorKind::PerUserWithoutIdentity,
+        );
+        return None;
+    }
+    Some(true)
 }
 
 /// `[[routes.plugins]]`: each table's `kind` names a registered plugin, which reads the

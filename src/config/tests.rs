@@ -1177,3 +1177,107 @@ fn a_route_transport_is_auto_unless_set_and_unknown_ones_are_refused() {
         "{error}"
     );
 }
+
+// Principals.
+
+const OAUTH_AND_BEARER: &str = r#"
+[[routes]]
+name = "atlassian"
+prefix = "/atlassian"
+upstream = "https://mcp.atlassian.com/v1"
+[routes.auth]
+kind = "oauth"
+
+[[routes]]
+name = "static"
+prefix = "/static"
+upstream = "https://mcp.example.com"
+[routes.auth]
+kind = "none"
+"#;
+
+#[test]
+fn server_principal_makes_oauth_routes_per_user_and_leaves_the_others_shared() {
+    let text = format!(
+        "[server]\ntrusted_identity_header = \"X-Auth-Request-Email\"\nprincipal = \"forwarded\"\n\
+         per_user_refresh_window_secs = 3600\n{OAUTH_AND_BEARER}"
+    );
+    let config = load_ok(&text);
+    let per_user: Vec<bool> = config.routes.iter().map(|route| route.per_user).collect();
+    assert_eq!(per_user, [true, false]);
+    assert_eq!(
+        config.server.per_user_refresh_window,
+        Duration::from_secs(3600)
+    );
+    let shared = load_ok(OAUTH_AND_BEARER);
+    assert!(shared.routes.iter().all(|route| !route.per_user));
+    assert_eq!(
+        shared.server.per_user_refresh_window,
+        Duration::from_secs(24 * 60 * 60)
+    );
+}
+
+#[test]
+fn per_user_routes_need_a_trusted_identity_header() {
+    let text = format!("[server]\nprincipal = \"forwarded\"\n{OAUTH_AND_BEARER}");
+    let error = field_error(&text);
+    assert_starts(&error, &at(&text, "\"forwarded\"", "server.principal"));
+    assert!(error.contains("server.trusted_identity_header"), "{error}");
+
+    let text = OAUTH_AND_BEARER.replacen(
+        "[routes.auth]",
+        "principal = \"forwarded\"\n[routes.auth]",
+        1,
+    );
+    let error = field_error(&text);
+    assert_starts(&error, &at(&text, "\"forwarded\"", "routes[0].principal"));
+}
+
+#[test]
+fn a_route_that_is_not_oauth_cannot_be_per_user() {
+    let text = format!(
+        "[server]\ntrusted_identity_header = \"X-Auth-Request-Email\"\n{}",
+        OAUTH_AND_BEARER.replace(
+            "[routes.auth]\nkind = \"none\"",
+            "principal = \"forwarded\"\n[routes.auth]\nkind = \"none\"",
+        )
+    );
+    let error = field_error(&text);
+    assert_starts(&error, &at(&text, "\"forwarded\"", "routes[1].principal"));
+    assert!(
+        error.contains("only applies to auth.kind = \"oauth\""),
+        "{error}"
+    );
+    assert!(message(&with_route("[server]\nprincipal = \"everyone\"\n")).contains("principal"));
+}
+
+#[test]
+fn env_mode_is_per_user_only_when_asked_and_on_a_platform_that_names_people() {
+    let url = ("UPSTREAM_MCP_URL", "https://mcp.example.com/v1");
+    let home = ("HOME", "/home/ada");
+    let on_databricks = [
+        url,
+        home,
+        ("DATABRICKS_APP_PORT", "8080"),
+        ("MCP_GATEWAY_PRINCIPAL", "forwarded"),
+    ];
+    let config = Config::from_env(&on_databricks).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.routes[0].per_user);
+    let shared = [url, home, ("DATABRICKS_APP_PORT", "8080")];
+    let config = Config::from_env(&shared).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!config.routes[0].per_user);
+
+    let nobody_names = [url, home, ("MCP_GATEWAY_PRINCIPAL", "forwarded")];
+    let error = Config::from_env(&nobody_names)
+        .expect_err("no identity")
+        .to_string();
+    assert!(
+        error.contains("MCP_GATEWAY_PRINCIPAL: principal = \"forwarded\" needs"),
+        "{error}"
+    );
+    let unknown = [url, home, ("MCP_GATEWAY_PRINCIPAL", "each")];
+    let error = Config::from_env(&unknown)
+        .expect_err("unknown mode")
+        .to_string();
+    assert!(error.contains("`each` is not a principal mode"), "{error}");
+}

@@ -38,6 +38,8 @@ const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 /// Long enough for any tool call a person waits for to finish, short enough for a deploy.
 const DEFAULT_DRAIN_SECS: u64 = 10;
+/// A day: someone who used the gateway today finds a fresh token tomorrow morning.
+const DEFAULT_PER_USER_REFRESH_WINDOW_SECS: u64 = 24 * 60 * 60;
 const MIN_HEADER_BYTES: usize = 1024;
 /// What Databricks Apps sets after authenticating a caller: the email, else the user name.
 const DATABRICKS_IDENTITY_HEADERS: &[&str] = &["x-forwarded-email", "x-forwarded-user"];
@@ -121,10 +123,18 @@ pub(super) fn file_config(
     let mut checker = Checker::new(SourceFile { path, text }, env);
     // A key on any route makes every route need one, so callers are known everywhere.
     let route_keys = raw.routes.iter().any(|route| !route.api_keys.is_empty());
+    let default_principal = raw.server.principal.clone();
     let server = server(raw.server, route_keys, &mut checker);
     let store = store(raw.store, &mut checker);
     let admin = super::admin::check(raw.admin, &mut checker);
-    let routes = routes::check(raw.routes, &mut checker);
+    let principals = routes::Principals {
+        default: default_principal,
+        // An invalid [server] section has been reported already; say nothing more.
+        identity_known: server
+            .as_ref()
+            .is_none_or(|server| !server.identity_headers.is_empty()),
+    };
+    let routes = routes::check(raw.routes, &principals, &mut checker);
 
     match (server, store, admin, routes) {
         (Some(server), Some(store), Some(admin), Some(routes)) if checker.errors.is_empty() => {
@@ -166,6 +176,7 @@ pub(super) fn default_server(listen: SocketAddr, databricks: bool) -> ServerConf
         tls: None,
         databricks,
         identity_headers: default_identity_headers(databricks),
+        per_user_refresh_window: Duration::from_secs(DEFAULT_PER_USER_REFRESH_WINDOW_SECS),
     }
 }
 
@@ -252,6 +263,12 @@ fn server(raw: RawServer, route_keys: bool, checker: &mut Checker<'_>) -> Option
         DEFAULT_DRAIN_SECS,
         checker,
     );
+    let per_user_refresh_window = timeout(
+        "server.per_user_refresh_window_secs",
+        raw.per_user_refresh_window_secs.as_ref(),
+        DEFAULT_PER_USER_REFRESH_WINDOW_SECS,
+        checker,
+    );
     let upgrade_socket = match &raw.upgrade_socket {
         Some(path) => checker.path("server.upgrade_socket", path).map(Some),
         None => Some(None),
@@ -299,6 +316,7 @@ fn server(raw: RawServer, route_keys: bool, checker: &mut Checker<'_>) -> Option
         tls: tls?,
         databricks,
         identity_headers: identity_headers?,
+        per_user_refresh_window: per_user_refresh_window?,
     })
 }
 

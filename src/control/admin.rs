@@ -15,6 +15,7 @@
 //! answer ever carries a credential.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::Method;
 use pingora::proxy::Session;
@@ -23,8 +24,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::status::RouteStatus;
+use super::{SlotRefusal, slot_for};
 use crate::config::{AdminConfig, BearerSource};
 use crate::gateway::Shared;
+use crate::oauth::OAuthRoute;
+use crate::oauth::users::Principal;
 use crate::proxy::reply;
 use crate::secret::Secret;
 
@@ -95,10 +99,10 @@ pub(crate) async fn serve(
     let method = session.req_header().method.clone();
     match (&method, rest) {
         (&Method::GET, ["routes"]) => {
-            let routes = RouteStatus::all(shared);
+            let routes = RouteStatus::all(shared, None);
             reply::json(session, 200, &json!({ "routes": routes })).await
         }
-        (&Method::GET, ["routes", name]) => match route_status(shared, name) {
+        (&Method::GET, ["routes", name]) => match route_status(shared, name, person(session)) {
             Some(status) => reply::json(session, 200, &to_json(&status)).await,
             None => no_route(session, name).await,
         },
@@ -124,9 +128,47 @@ pub(crate) async fn serve(
     }
 }
 
-fn route_status(shared: &Shared, name: &str) -> Option<RouteStatus> {
+fn route_status(shared: &Shared, name: &str, person: Option<Principal>) -> Option<RouteStatus> {
     let routing = shared.routing();
-    Some(RouteStatus::of(&routing, routing.route(name)?))
+    Some(RouteStatus::of(
+        &routing,
+        routing.route(name)?,
+        person.as_ref(),
+    ))
+}
+
+/// The person an admin call on a per-user route is about: `?principal=`.
+fn person(session: &Session) -> Option<Principal> {
+    let query = session.req_header().uri.query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "principal")
+        .and_then(|(_, value)| Principal::new(&value))
+}
+
+/// The slot an admin call acts on, or the answer saying why there is none.
+async fn admin_slot(
+    session: &mut Session,
+    shared: &Shared,
+    name: &str,
+) -> Result<Arc<OAuthRoute>, pingora::Result<u16>> {
+    if route_status(shared, name, None).is_none() {
+        return Err(no_route(session, name).await);
+    }
+    let person = person(session);
+    match slot_for(shared, name, person.as_ref()).await {
+        Ok(slot) => Ok(slot),
+        Err(SlotRefusal::NoOAuthRoute) => Err(not_oauth(session, name).await),
+        Err(SlotRefusal::NobodyNamed) => {
+            let body = reply::error_body(
+                "principal_required",
+                format!(
+                    "route '{name}' keeps a sign-in per person: name one with \
+                     ?principal=<their identity>"
+                ),
+            );
+            Err(reply::json(session, 400, &body).await)
+        }
+    }
 }
 
 fn to_json(status: &RouteStatus) -> serde_json::Value {
@@ -147,20 +189,24 @@ async fn not_oauth(session: &mut Session, name: &str) -> pingora::Result<u16> {
 }
 
 async fn refresh(session: &mut Session, shared: &Shared, name: &str) -> pingora::Result<u16> {
-    let Some(status) = route_status(shared, name) else {
-        return no_route(session, name).await;
+    let route = match admin_slot(session, shared, name).await {
+        Ok(route) => route,
+        Err(answered) => return answered,
     };
-    let Some(route) = shared.routing().oauth_route(name).cloned() else {
-        return not_oauth(session, name).await;
-    };
+    let person = || route.principal().cloned();
     match route.refresh_now().await {
         Ok(()) => {
-            tracing::info!(route = name, "tokens refreshed on request");
-            let status = route_status(shared, name).unwrap_or(status);
-            reply::json(session, 200, &to_json(&status)).await
+            tracing::info!(route = name, principal = %route.principal_hash(), "tokens refreshed on request");
+            let status = route_status(shared, name, person());
+            reply::json(
+                session,
+                200,
+                &status.map(|s| to_json(&s)).unwrap_or_default(),
+            )
+            .await
         }
         Err(error) => {
-            let (code, http_status) = match route_status(shared, name) {
+            let (code, http_status) = match route_status(shared, name, person()) {
                 Some(status) if status.needs_sign_in() => ("needs_sign_in", 409),
                 _ => ("refresh_failed", 502),
             };
@@ -187,11 +233,9 @@ async fn reload(session: &mut Session, shared: &Shared) -> pingora::Result<u16> 
 }
 
 async fn clear(session: &mut Session, shared: &Shared, name: &str) -> pingora::Result<u16> {
-    if route_status(shared, name).is_none() {
-        return no_route(session, name).await;
-    }
-    let Some(route) = shared.routing().oauth_route(name).cloned() else {
-        return not_oauth(session, name).await;
+    let route = match admin_slot(session, shared, name).await {
+        Ok(route) => route,
+        Err(answered) => return answered,
     };
     let registration = session.req_header().uri.query().is_some_and(|query| {
         url::form_urlencoded::parse(query.as_bytes())
@@ -199,8 +243,8 @@ async fn clear(session: &mut Session, shared: &Shared, name: &str) -> pingora::R
     });
     match route.clear(registration).await {
         Ok(()) => {
-            tracing::info!(route = name, registration, "signed out on request");
-            let status = route_status(shared, name);
+            tracing::info!(route = name, principal = %route.principal_hash(), registration, "signed out on request");
+            let status = route_status(shared, name, route.principal().cloned());
             reply::json(
                 session,
                 200,

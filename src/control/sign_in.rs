@@ -13,7 +13,7 @@ use http::header;
 use pingora::proxy::Session;
 use url::Url;
 
-use super::{html, oauth_route, pages, redirect, respond};
+use super::{html, own_slot, pages, redirect, respond, viewer};
 use crate::gateway::Shared;
 use crate::oauth::flow::{self, CallbackParams};
 
@@ -26,9 +26,9 @@ pub(super) async fn start(
     shared: &Shared,
     name: &str,
 ) -> pingora::Result<u16> {
-    let Some(route) = oauth_route(shared, name) else {
-        let page = pages::failed(None, &format!("there is no OAuth route named '{name}'"));
-        return html(session, 404, &page).await;
+    let route = match own_slot(session, shared, name).await {
+        Ok(route) => route,
+        Err(answered) => return answered,
     };
     let redirected = session.req_header().uri.query() == Some(CANONICAL_MARK);
     if !redirected && !on_public_host(session, &shared.public_url()) {
@@ -70,7 +70,12 @@ pub(super) async fn callback(session: &mut Session, shared: &Shared) -> pingora:
             let cookie = params
                 .state()
                 .and_then(|state| cookie(session, &flow::binding_cookie_name(state)));
-            shared.flows.complete(&params, cookie.as_deref()).await
+            let principal = viewer(session, shared);
+            let principal = principal.as_ref();
+            shared
+                .flows
+                .complete(&params, cookie.as_deref(), principal)
+                .await
         }
         Err(error) => Err(error),
     };
@@ -80,6 +85,10 @@ pub(super) async fn callback(session: &mut Session, shared: &Shared) -> pingora:
             // A reload that replaced the route meanwhile: the one in force reads the new
             // tokens from the store (they are its own when the slot is the same).
             let current = shared.routing().oauth_route(&done.route).cloned();
+            let current = match (current, done.signed_in.principal()) {
+                (Some(route), Some(principal)) => route.users().and_then(|u| u.get(principal)),
+                (current, _) => current,
+            };
             if let Some(current) = current.filter(|c| !std::sync::Arc::ptr_eq(c, &done.signed_in)) {
                 current.load().await;
             }

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::gateway::{Routing, Shared};
+use crate::oauth::users::Principal;
 use crate::oauth::{OAuthRoute, SlotStatus};
 use crate::route::Route;
 
@@ -24,9 +25,25 @@ pub(crate) struct RouteStatus {
     pub(crate) sse: String,
     /// The last proxied request could not reach the upstream.
     pub(crate) upstream_unreachable: bool,
-    /// Present on OAuth routes.
+    /// Present on OAuth routes; on a per-user route, the viewer's own sign-in, and absent
+    /// when nobody in particular is looking (the admin API, the CLI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) sign_in: Option<SignInStatus>,
+    /// Present on per-user routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) per_user: Option<PeopleStatus>,
+}
+
+/// A per-user route's people: counts for the operator, and who is looking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PeopleStatus {
+    /// People who used the route since the gateway started.
+    pub(crate) known: usize,
+    /// Those of them signed in now.
+    pub(crate) signed_in: usize,
+    /// The person looking at their own page, as the proxy in front names them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) you: Option<String>,
 }
 
 /// Where an OAuth route's sign-in stands.
@@ -79,8 +96,9 @@ pub(crate) struct LastRefresh {
 }
 
 impl RouteStatus {
-    /// The status of `route`, one of `routing`'s, now.
-    pub(crate) fn of(routing: &Routing, route: &Route) -> Self {
+    /// The status of `route`, one of `routing`'s, now, as `viewer` sees it: on a per-user
+    /// route a person sees their own sign-in and nobody else's.
+    pub(crate) fn of(routing: &Routing, route: &Route, viewer: Option<&Principal>) -> Self {
         let public_url = &routing.config.server.public_url;
         let base = public_url.as_str().trim_end_matches('/');
         let prefix = route.prefix.trim_end_matches('/');
@@ -93,19 +111,24 @@ impl RouteStatus {
             streamable_http: format!("{base}{prefix}/mcp"),
             sse: format!("{base}{prefix}/sse"),
             upstream_unreachable: route.upstream_unreachable(),
-            sign_in: routing.oauth_route(&route.name).map(|oauth| sign_in(oauth)),
+            sign_in: routing
+                .oauth_route(&route.name)
+                .and_then(|oauth| own_sign_in(oauth, viewer)),
+            per_user: routing
+                .oauth_route(&route.name)
+                .and_then(|oauth| people(oauth, viewer)),
         }
     }
 
-    /// Every route, in the order of the configuration.
-    pub(crate) fn all(shared: &Shared) -> Vec<Self> {
+    /// Every route, in the order of the configuration, as `viewer` sees them.
+    pub(crate) fn all(shared: &Shared, viewer: Option<&Principal>) -> Vec<Self> {
         let routing = shared.routing();
         routing
             .config
             .routes
             .iter()
             .filter_map(|config| routing.route(&config.name))
-            .map(|route| Self::of(&routing, route))
+            .map(|route| Self::of(&routing, route, viewer))
             .collect()
     }
 
@@ -115,6 +138,29 @@ impl RouteStatus {
             .as_ref()
             .is_some_and(|sign_in| sign_in.state == SignInState::NeedsSignIn)
     }
+}
+
+/// The sign-in `viewer` sees: the route's, or on a per-user route their own, if the gateway
+/// has met them.
+fn own_sign_in(route: &OAuthRoute, viewer: Option<&Principal>) -> Option<SignInStatus> {
+    let Some(users) = route.users() else {
+        return Some(sign_in(route));
+    };
+    let own = users.get(viewer?)?;
+    Some(sign_in(&own))
+}
+
+fn people(route: &OAuthRoute, viewer: Option<&Principal>) -> Option<PeopleStatus> {
+    let users = route.users()?.all();
+    let signed_in = users
+        .iter()
+        .filter(|user| user.status() == SlotStatus::SignedIn)
+        .count();
+    Some(PeopleStatus {
+        known: users.len(),
+        signed_in,
+        you: viewer.map(|viewer| viewer.as_str().to_owned()),
+    })
 }
 
 fn sign_in(route: &OAuthRoute) -> SignInStatus {

@@ -9,7 +9,7 @@
 use std::fmt::Write;
 
 use super::pages::{escape, page};
-use super::status::{RouteStatus, SignInState, SignInStatus, unix_now};
+use super::status::{PeopleStatus, RouteStatus, SignInState, SignInStatus, unix_now};
 
 /// Where the page's script is served (under `/auth`, a path no upstream can own).
 pub(crate) const SCRIPT_PATH: &str = "/auth/assets/gateway.js";
@@ -76,6 +76,9 @@ fn card(out: &mut String, index: usize, route: &RouteStatus, csrf: &str) {
         escape(&route.prefix),
         escape(&route.upstream),
     );
+    if let Some(people) = &route.per_user {
+        people_details(out, people);
+    }
     if let Some(sign_in) = &route.sign_in {
         sign_in_details(out, sign_in);
     }
@@ -92,6 +95,7 @@ fn status_label(route: &RouteStatus) -> (&'static str, String) {
         return ("warn", "upstream unreachable".to_owned());
     }
     match &route.sign_in {
+        None if route.per_user.is_some() => ("warn", "sign-in per person".to_owned()),
         None => ("ok", format!("ready ({} auth)", escape(&route.auth))),
         Some(sign_in) => {
             let class = match sign_in.state {
@@ -101,6 +105,24 @@ fn status_label(route: &RouteStatus) -> (&'static str, String) {
             };
             (class, sign_in.state.label().to_owned())
         }
+    }
+}
+
+/// A per-user route: whose page this is, or how to reach one's own.
+fn people_details(out: &mut String, people: &PeopleStatus) {
+    match &people.you {
+        Some(you) => {
+            let _ = write!(
+                out,
+                "<dt>Signed in to the gateway as</dt><dd>{}</dd>\
+                 <dt>Your sign-in</dt><dd>yours alone: nobody else's requests use it</dd>",
+                escape(you)
+            );
+        }
+        None => out.push_str(
+            "<dt>Sign-in</dt><dd>each person signs in for themselves: open this page \
+             through the proxy that signs you in</dd>",
+        ),
     }
 }
 
@@ -219,6 +241,7 @@ mod tests {
             sse: "http://localhost:8000/jira/sse".into(),
             upstream_unreachable: false,
             sign_in,
+            per_user: None,
         }
     }
 
@@ -269,5 +292,29 @@ mod tests {
         let html = index(&[plain], "t");
         assert!(html.contains("ready (bearer auth)"));
         assert!(!html.contains("/auth/jira/start"));
+    }
+
+    #[test]
+    fn a_per_user_route_shows_whose_page_it_is_or_how_to_reach_ones_own() {
+        let mut own = route(Some(signed_in()));
+        own.per_user = Some(PeopleStatus {
+            known: 2,
+            signed_in: 1,
+            you: Some("ada@example.com".into()),
+        });
+        let html = index(&[own], "tok");
+        assert!(html.contains("ada@example.com"));
+        assert!(html.contains("nobody else"));
+
+        let mut nobody = route(None);
+        nobody.per_user = Some(PeopleStatus {
+            known: 2,
+            signed_in: 1,
+            you: None,
+        });
+        let html = index(&[nobody], "tok");
+        assert!(html.contains("sign-in per person"));
+        assert!(html.contains("through the proxy that signs you in"));
+        assert!(!html.contains("name=\"csrf\""));
     }
 }

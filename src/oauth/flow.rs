@@ -22,6 +22,7 @@ use url::Url;
 
 use super::exchange::{self, ExchangeError};
 use super::registration::{self, RegistrationError};
+use super::users::Principal;
 use super::{OAuthError, OAuthRoute};
 use crate::secret::Secret;
 use crate::store::StoredClient;
@@ -52,6 +53,11 @@ pub(crate) enum CallbackError {
          gateway's sign-in cookie: start the sign-in again from this browser"
     )]
     OtherBrowser { route: String },
+    #[error(
+        "this sign-in was started by someone else: each person signs in to this route \
+         for themselves, from their own session"
+    )]
+    OtherPerson { route: String },
     #[error(
         "this sign-in has expired (it must finish within {} s of starting): start it again",
         .lifetime.as_secs()
@@ -104,6 +110,7 @@ impl CallbackError {
             CallbackError::Denied { route, .. } => route.as_deref(),
             CallbackError::Expired { route, .. }
             | CallbackError::OtherBrowser { route }
+            | CallbackError::OtherPerson { route }
             | CallbackError::MissingCode { route }
             | CallbackError::WrongIssuer { route, .. }
             | CallbackError::MissingIssuer { route, .. }
@@ -339,11 +346,13 @@ impl PendingFlows {
     }
 
     /// Ends the sign-in that `params` names. `cookie` is the value of the flow's binding
-    /// cookie as the callback's browser sent it.
+    /// cookie as the callback's browser sent it; on a per-user route, `principal` must be
+    /// whoever started the sign-in.
     pub(crate) async fn complete(
         &self,
         params: &CallbackParams,
         cookie: Option<&str>,
+        principal: Option<&Principal>,
     ) -> Result<SignedIn, CallbackError> {
         let state = params.state().ok_or(CallbackError::MissingState)?;
         // Taken out before anything else: a state is good for one callback only.
@@ -368,6 +377,13 @@ impl PendingFlows {
         });
         if !same_browser {
             return Err(CallbackError::OtherBrowser { route });
+        }
+        if flow
+            .route
+            .principal()
+            .is_some_and(|own| Some(own) != principal)
+        {
+            return Err(CallbackError::OtherPerson { route });
         }
         check_issuer(&flow, params.iss.as_ref())?;
         let code = params
@@ -423,6 +439,8 @@ impl PendingFlows {
             })?;
         let scope = tokens.scope.clone();
         route.install(tokens);
+        // Signing in is a use: the new tokens are kept fresh for the window that follows.
+        route.note_use();
         tracing::info!(route = %route.name, "signed in");
         Ok(SignedIn {
             route: route.name.clone(),

@@ -9,13 +9,18 @@
 //! route lets one refresh run while the others wait for its result, and a lock file in the
 //! store keeps two gateway processes sharing a store from spending one refresh token twice.
 //! A rotated refresh token is persisted before the new access token is used.
+//!
+//! A per-user route has one scheduler task ([`run_users`]) for all its people instead of a
+//! task each, and it leaves alone the tokens of people who have not used them lately.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use super::exchange::{self, ExchangeError, unix_seconds};
 use super::registration;
+use super::users::Principal;
 use super::{OAuthError, OAuthRoute, SlotStatus, is_stale};
 use crate::store::StoredTokens;
 
@@ -99,17 +104,17 @@ pub(crate) async fn refresh(route: &OAuthRoute, seen_generation: u64) -> Result<
             route.store.save_tokens(&route.slot, &tokens).await?;
             route.install(tokens);
             route.record_refresh("ok");
-            tracing::info!(route = %route.name, "tokens refreshed");
+            tracing::info!(route = %route.name, principal = %route.principal_hash(), "tokens refreshed");
             Ok(())
         }
         Err(error @ ExchangeError::InvalidGrant(_)) => {
-            tracing::warn!(route = %route.name, %error, "refresh refused; the route needs sign-in");
+            tracing::warn!(route = %route.name, principal = %route.principal_hash(), %error, "refresh refused; sign-in needed");
             route.record_refresh("invalid_grant");
             route.needs_sign_in(error.to_string());
             Err(error.into())
         }
         Err(error @ ExchangeError::InvalidClient(_)) => {
-            tracing::warn!(route = %route.name, %error, "client unknown to the authorization server; the next sign-in registers again");
+            tracing::warn!(route = %route.name, principal = %route.principal_hash(), %error, "client unknown to the authorization server; the next sign-in registers again");
             registration::forget(route).await?;
             route.record_refresh("invalid_client");
             route.needs_sign_in(error.to_string());
@@ -175,6 +180,84 @@ pub(crate) async fn run(route: Arc<OAuthRoute>, mut stop: tokio::sync::oneshot::
         tokio::select! {
             _ = &mut stop => return,
             _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// When `user`'s tokens are due for a scheduled refresh: `None` when they cannot be
+/// refreshed, or when their owner has not used them within `window` of `now` (their next
+/// request refreshes them instead).
+pub(crate) fn user_due(user: &OAuthRoute, now: SystemTime, window: Duration) -> Option<SystemTime> {
+    let recently_used = user
+        .last_used()
+        .is_some_and(|used| now.duration_since(used).unwrap_or_default() <= window);
+    match (recently_used, user.status(), user.tokens()) {
+        (true, SlotStatus::SignedIn, Some(tokens)) => due_at(&tokens),
+        _ => None,
+    }
+}
+
+/// Runs the refresh schedule of everyone on a per-user route until `stop` fires: one task
+/// for the whole route, asleep until the earliest refresh due among the people who used
+/// their tokens recently. Each refresh runs in a short task of its own, so one slow token
+/// request delays nobody else's, and a refresh that has begun finishes even if the route
+/// goes away.
+pub(crate) async fn run_users(
+    route: Arc<OAuthRoute>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let Some(users) = route.users() else {
+        return;
+    };
+    let _counted = route.metrics.refresher_running();
+    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel::<(Principal, bool)>();
+    let mut running: HashSet<Principal> = HashSet::new();
+    // People whose last refresh failed for a reason that may pass: when to try again.
+    let mut retry: HashMap<Principal, (SystemTime, Duration)> = HashMap::new();
+    loop {
+        let now = SystemTime::now();
+        let mut next: Option<SystemTime> = None;
+        for user in users.all() {
+            let Some(principal) = user.principal().cloned() else {
+                continue;
+            };
+            let Some(mut due) = user_due(&user, now, users.refresh_window) else {
+                retry.remove(&principal);
+                continue;
+            };
+            if let Some((after, _)) = retry.get(&principal) {
+                due = due.max(*after);
+            }
+            if running.contains(&principal) {
+                continue;
+            }
+            if due > now {
+                next = Some(next.map_or(due, |next| next.min(due)));
+                continue;
+            }
+            running.insert(principal.clone());
+            let done = done.clone();
+            tokio::spawn(async move {
+                let outcome = refresh(&user, user.generation()).await;
+                let transient = outcome.as_ref().is_err_and(RefreshError::is_transient);
+                let _ = done.send((principal, transient));
+            });
+        }
+        let wait = next.map(|next| next.duration_since(now).unwrap_or_default());
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = users.wake.notified() => {}
+            Some((principal, transient)) = finished.recv() => {
+                running.remove(&principal);
+                if transient {
+                    let backoff = retry.get(&principal).map_or(MIN_BACKOFF, |(_, last)| (*last * 2).min(MAX_BACKOFF));
+                    tracing::warn!(route = %route.name, principal = %principal.hash(), retry_in_secs = backoff.as_secs(), "refresh failed; will retry");
+                    retry.insert(principal, (SystemTime::now() + backoff, backoff));
+                } else {
+                    retry.remove(&principal);
+                }
+            }
+            _ = sleep_or_forever(wait) => {}
         }
     }
 }

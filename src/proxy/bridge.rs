@@ -38,11 +38,12 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
-use super::inbound::Client;
+use super::inbound::{Caller, Client};
 use super::replay::ReplayBody;
 use super::{headers, jsonrpc, reply, stream};
 use crate::gateway::Shared;
 use crate::route::Route;
+use crate::token::TokenSource;
 
 /// Messages waiting for a client that reads too slowly; one more ends its session.
 pub(crate) const QUEUE: usize = 256;
@@ -81,6 +82,8 @@ struct Bridge {
     id: String,
     route: Arc<Route>,
     owner: Client,
+    /// Where this session's upstream token comes from: its owner's.
+    tokens: Arc<dyn TokenSource>,
     to_client: mpsc::Sender<Bytes>,
     /// The upstream's `Mcp-Session-Id` and the negotiated protocol version, once known.
     upstream_session: Mutex<Option<HeaderValue>>,
@@ -164,7 +167,8 @@ impl Drop for Registered {
                 let Ok(request) = bridge.request(Method::DELETE, "application/json") else {
                     return;
                 };
-                if let Ok(mut upstream) = send_request(&shared, &bridge.route, request, None).await
+                if let Ok(mut upstream) =
+                    send_request(&shared, &bridge.route, &*bridge.tokens, request, None).await
                 {
                     upstream.shutdown().await;
                 }
@@ -180,13 +184,13 @@ pub(crate) async fn handle(
     shared: &Arc<Shared>,
     route: &Arc<Route>,
     rest: &str,
-    client: Client,
+    caller: Caller,
     cors: Option<&str>,
     rpc_method: &mut Option<&'static str>,
 ) -> pingora::Result<Option<u16>> {
     let request = session.req_header();
     if request.method == Method::GET && rest == "/sse" && route.bridges_legacy() {
-        return serve_stream(session, shared, route, client, cors)
+        return serve_stream(session, shared, route, caller, cors)
             .await
             .map(Some);
     }
@@ -202,7 +206,7 @@ pub(crate) async fn handle(
         return Ok(None);
     };
     let over = bridge.end.borrow().is_some();
-    if over || bridge.owner != client || bridge.route.name != route.name {
+    if over || bridge.owner != caller.client || bridge.route.name != route.name {
         let body = reply::error_body(
             "unknown_session",
             "no such session for this client: open the event stream again",
@@ -217,10 +221,10 @@ pub(crate) async fn serve_stream(
     session: &mut Session,
     shared: &Arc<Shared>,
     route: &Arc<Route>,
-    client: Client,
+    caller: Caller,
     cors: Option<&str>,
 ) -> pingora::Result<u16> {
-    let _slot = match shared.streams.enter(client.clone()) {
+    let _slot = match shared.streams.enter(caller.client.clone()) {
         Ok(slot) => slot,
         Err(exceeded) => return stream::too_many_streams(session, shared, route, exceeded).await,
     };
@@ -229,7 +233,8 @@ pub(crate) async fn serve_stream(
     let bridge = Arc::new(Bridge {
         id: oauth2::CsrfToken::new_random().secret().clone(),
         route: Arc::clone(route),
-        owner: client,
+        owner: caller.client,
+        tokens: caller.tokens,
         to_client,
         upstream_session: Mutex::new(None),
         protocol_version: Mutex::new(None),
@@ -382,7 +387,9 @@ async fn forward(shared: Arc<Shared>, bridge: Arc<Bridge>, message: Value, body:
             Ok(request)
         });
     let upstream = match request {
-        Ok(request) => send_request(&shared, &bridge.route, request, Some(body)).await,
+        Ok(request) => {
+            send_request(&shared, &bridge.route, &*bridge.tokens, request, Some(body)).await
+        }
         Err(error) => Err(Failure::Upstream(error)),
     };
     let mut upstream = match upstream {
@@ -506,7 +513,7 @@ async fn listen(shared: Arc<Shared>, bridge: Arc<Bridge>) {
             });
         let Ok(request) = request else { return };
         let opened = Instant::now();
-        match send_request(&shared, &bridge.route, request, None).await {
+        match send_request(&shared, &bridge.route, &*bridge.tokens, request, None).await {
             Ok(upstream) => {
                 let Some(response) = upstream.response_header().cloned() else {
                     return;
@@ -580,10 +587,11 @@ impl Failure {
 pub(crate) async fn send_request(
     shared: &Shared,
     route: &Route,
+    tokens: &dyn TokenSource,
     request: RequestHeader,
     body: Option<Bytes>,
 ) -> Result<HttpSession, Failure> {
-    let token = route.tokens.bearer().await.map_err(Failure::Token)?;
+    let token = tokens.bearer().await.map_err(Failure::Token)?;
     let mut upstream =
         stream::open_request(shared, route, request.clone(), token.as_ref(), body.clone())
             .await
@@ -594,16 +602,16 @@ pub(crate) async fn send_request(
     }
     upstream.shutdown().await;
     if let Some(token) = &token {
-        route.tokens.refused(token).await;
+        tokens.refused(token).await;
     }
-    let token = route.tokens.bearer().await.map_err(Failure::Token)?;
+    let token = tokens.bearer().await.map_err(Failure::Token)?;
     let mut upstream = stream::open_request(shared, route, request, token.as_ref(), body)
         .await
         .map_err(Failure::Upstream)?;
     if stream::refused(&upstream, route) {
         upstream.shutdown().await;
         let reason = "the upstream refused the refreshed token";
-        route.tokens.give_up(reason).map_err(Failure::Token)?;
+        tokens.give_up(reason).map_err(Failure::Token)?;
     }
     Ok(upstream)
 }

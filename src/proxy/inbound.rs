@@ -44,6 +44,12 @@ pub(crate) enum Client {
 }
 
 impl Client {
+    /// The client a per-user route's caller is: their principal, whatever key or address
+    /// they come with, so that nobody else can use their sessions.
+    pub(crate) fn of_principal(principal: &crate::oauth::users::Principal) -> Self {
+        Client::Digest(prefix(&Sha256::digest(principal.as_str().as_bytes())))
+    }
+
     /// A short hex digest that tells clients apart in logs without naming them.
     pub(crate) fn hash(&self) -> String {
         let digest = match self {
@@ -53,6 +59,14 @@ impl Client {
         };
         digest.iter().map(|byte| format!("{byte:02x}")).collect()
     }
+}
+
+/// Who a request comes from, and the token source its upstream requests use: the route's,
+/// or in per-user mode the caller's own.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub(crate) client: Client,
+    pub(crate) tokens: std::sync::Arc<dyn crate::token::TokenSource>,
 }
 
 fn prefix(digest: &[u8]) -> [u8; 8] {

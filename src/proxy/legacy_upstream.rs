@@ -30,11 +30,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use url::Url;
 
-use super::inbound::Client;
+use super::inbound::{Caller, Client};
 use super::replay::ReplayBody;
 use super::{headers, jsonrpc, reply, stream};
 use crate::gateway::Shared;
 use crate::route::Route;
+use crate::token::TokenSource;
 
 /// Messages for the client's `GET` stream that wait for it, or for it to read.
 pub(crate) const QUEUE: usize = 256;
@@ -77,6 +78,8 @@ struct LegacySession {
     id: String,
     route: Arc<Route>,
     owner: Client,
+    /// Where this session's upstream token comes from: its owner's.
+    tokens: Arc<dyn TokenSource>,
     /// The upstream's message endpoint, from its `endpoint` event.
     endpoint: Url,
     /// Requests waiting for their response, by JSON-RPC id (as JSON text).
@@ -170,7 +173,7 @@ pub(crate) async fn handle(
     shared: &Arc<Shared>,
     route: &Arc<Route>,
     rest: &str,
-    client: Client,
+    caller: Caller,
     rpc_method: &mut Option<&'static str>,
 ) -> pingora::Result<Option<u16>> {
     if !route.bridges_streamable() || rest != "/mcp" {
@@ -189,11 +192,11 @@ pub(crate) async fn handle(
             .sessions
             .lock()
             .get(id)
-            .filter(|s| s.owner == client && s.route.name == route.name && !s.ended())
+            .filter(|s| s.owner == caller.client && s.route.name == route.name && !s.ended())
             .cloned()
     });
     let status = match (method, known) {
-        (Method::POST, None) => open(session, shared, route, client, rpc_method).await?,
+        (Method::POST, None) => open(session, shared, route, caller, rpc_method).await?,
         (Method::POST, Some(Some(bridged))) => post(session, shared, bridged, rpc_method).await?,
         (Method::GET, Some(Some(bridged))) => listen(session, shared, bridged).await?,
         (Method::DELETE, Some(Some(bridged))) => {
@@ -222,7 +225,7 @@ async fn open(
     session: &mut Session,
     shared: &Arc<Shared>,
     route: &Arc<Route>,
-    client: Client,
+    caller: Caller,
     rpc_method: &mut Option<&'static str>,
 ) -> pingora::Result<u16> {
     let Some(message) = read_message(session, route).await? else {
@@ -238,7 +241,7 @@ async fn open(
         return reply::json(session, 400, &body).await;
     }
     let (end, _) = watch::channel(None);
-    let bridged = match connect(shared, route, client, end).await {
+    let bridged = match connect(shared, route, caller, end).await {
         Ok(bridged) => bridged,
         Err(text) => {
             let answer = jsonrpc::error_answer(&message, -32603, &text).unwrap_or_default();
@@ -257,7 +260,7 @@ async fn open(
 async fn connect(
     shared: &Arc<Shared>,
     route: &Arc<Route>,
-    client: Client,
+    caller: Caller,
     end: watch::Sender<Option<String>>,
 ) -> Result<Arc<LegacySession>, String> {
     let failed = |cause: String| format!("route '{}': {cause}", route.name);
@@ -266,7 +269,7 @@ async fn connect(
         RequestHeader::build(Method::GET, super::path_and_query(&url).as_bytes(), None)
             .map_err(|e| failed(e.to_string()))?;
     let _ = request.insert_header(header::ACCEPT, "text/event-stream");
-    let upstream = super::bridge::send_request(shared, route, request, None)
+    let upstream = super::bridge::send_request(shared, route, &*caller.tokens, request, None)
         .await
         .map_err(|failure| failure.text(shared, route))?;
     let status = upstream.response_header().map(|r| r.status.as_u16());
@@ -296,7 +299,8 @@ async fn connect(
     let bridged = Arc::new(LegacySession {
         id: oauth2::CsrfToken::new_random().secret().clone(),
         route: Arc::clone(route),
-        owner: client,
+        owner: caller.client,
+        tokens: caller.tokens,
         endpoint,
         pending: Mutex::new(HashMap::new()),
         listener: Mutex::new(None),
@@ -506,9 +510,10 @@ async fn send_message(
         RequestHeader::build(Method::POST, target.as_bytes(), None).map_err(|e| e.to_string())?;
     let _ = request.insert_header(header::CONTENT_TYPE, "application/json");
     let body = Bytes::from(message.to_string());
-    let mut upstream = super::bridge::send_request(shared, route, request, Some(body))
-        .await
-        .map_err(|failure| failure.text(shared, route))?;
+    let mut upstream =
+        super::bridge::send_request(shared, route, &*bridged.tokens, request, Some(body))
+            .await
+            .map_err(|failure| failure.text(shared, route))?;
     let status = upstream.response_header().map_or(0, |r| r.status.as_u16());
     upstream.shutdown().await;
     match status {

@@ -25,6 +25,7 @@ use tokio::time::{Instant, sleep_until};
 use url::Url;
 
 use super::headers;
+use super::inbound::Caller;
 use super::legacy::{LegacyStreams, Registration};
 use super::reply;
 use super::sse::{EndpointRewriter, SseScanner};
@@ -36,21 +37,38 @@ use crate::token::{AccessToken, TokenError};
 /// The comment written to a stream that has been idle for the keepalive interval.
 const KEEPALIVE: &[u8] = b": keepalive\n\n";
 
-/// Relays one event-stream request; returns the status sent to the client. With
-/// `probe_legacy`, an upstream answer of 404 or 405 is not relayed: `None` says the upstream
-/// has no legacy stream, and the caller bridges the client instead.
+/// An event-stream request to relay: where it goes, for whom, and how.
+#[derive(Debug)]
+pub(crate) struct StreamRequest<'a> {
+    pub(crate) url: &'a Url,
+    pub(crate) caller: &'a Caller,
+    /// The token taken for the first try.
+    pub(crate) token: Option<&'a AccessToken>,
+    /// The allow-listed cross-origin `Origin` to answer CORS for.
+    pub(crate) cors: Option<&'a str>,
+    /// An upstream answer of 404 or 405 is not relayed: the caller learns that the upstream
+    /// has no legacy stream, and bridges the client instead.
+    pub(crate) probe_legacy: bool,
+}
+
+/// Relays one event-stream request; returns the status sent to the client, or `None` when
+/// a probe found no legacy stream.
 pub(crate) async fn relay(
     session: &mut Session,
     shared: &Shared,
     route: &Route,
-    url: &Url,
-    token: Option<&AccessToken>,
-    cors: Option<&str>,
-    probe_legacy: bool,
+    request: StreamRequest<'_>,
 ) -> pingora::Result<Option<u16>> {
+    let StreamRequest {
+        url,
+        caller,
+        token,
+        cors,
+        probe_legacy,
+    } = request;
+    let tokens = &caller.tokens;
     // Counted from before the upstream is asked, so a burst cannot overshoot the bound.
-    let client = shared.routing().inbound.client(session);
-    let _slot = match shared.streams.enter(client) {
+    let _slot = match shared.streams.enter(caller.client.clone()) {
         Ok(slot) => slot,
         Err(exceeded) => {
             return too_many_streams(session, shared, route, exceeded)
@@ -70,9 +88,9 @@ pub(crate) async fn relay(
         // The same one-retry rule as for other requests: refresh, then ask once more.
         upstream.shutdown().await;
         if let Some(token) = token {
-            route.tokens.refused(token).await;
+            tokens.refused(token).await;
         }
-        let token = match route.tokens.bearer().await {
+        let token = match tokens.bearer().await {
             Ok(token) => token,
             Err(error) => return no_token(session, route, &error).await.map(Some),
         };
@@ -86,7 +104,7 @@ pub(crate) async fn relay(
         };
         if refused(&upstream, route) {
             let reason = "the upstream refused the refreshed token";
-            if let Err(error) = route.tokens.give_up(reason) {
+            if let Err(error) = tokens.give_up(reason) {
                 upstream.shutdown().await;
                 return no_token(session, route, &error).await.map(Some);
             }
