@@ -442,6 +442,12 @@ pub(crate) enum FieldErrorKind {
     #[error("must be at least 1 second")]
     ZeroTimeout,
 
+    #[error(
+        "on Databricks Apps the platform's proxy ends event streams that stay quiet too long: \
+         set 1 to {max} seconds"
+    )]
+    PlatformKeepalive { max: u64 },
+
     /// The value is never echoed: someone may have pasted a raw key instead of its hash.
     #[error(
         "an api key must be written as `sha256:` and 64 hex digits, the hash of the key; \

@@ -416,6 +416,42 @@ async fn event_stream_gets_arrive_one_by_one() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_cut_midway_resumes_after_the_last_event_seen() {
+    let upstream = mock(MockOptions::default()).await;
+    let gateway = single_route("/up", upstream.base_url(), TOKEN, "");
+    let url = format!("{}/up/events?n=6&interval_ms=50", gateway.url());
+    let first = client()
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("get");
+    // The platform in front cuts the stream after three events.
+    let seen = read_events(first, |events| events.len() == 3).await;
+    let last_id = seen[2].1.lines().find_map(|line| line.strip_prefix("id: "));
+    assert_eq!(last_id, Some("3"), "{seen:?}");
+
+    let resumed = client()
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "3")
+        .send()
+        .await
+        .expect("resume");
+    assert_eq!(resumed.status(), 200);
+    let rest: Vec<String> = read_events(resumed, |_| false)
+        .await
+        .into_iter()
+        .map(|(_, event)| event)
+        .collect();
+    let ids: Vec<&str> = rest
+        .iter()
+        .filter_map(|event| event.lines().find_map(|line| line.strip_prefix("id: ")))
+        .collect();
+    assert_eq!(ids, ["4", "5", "6"], "{rest:?}");
+}
+
 async fn legacy_roundtrip(
     style: EndpointStyle,
     base_path: &str,

@@ -1281,3 +1281,27 @@ fn env_mode_is_per_user_only_when_asked_and_on_a_platform_that_names_people() {
         .to_string();
     assert!(error.contains("`each` is not a principal mode"), "{error}");
 }
+
+#[test]
+fn on_databricks_keepalives_stay_within_the_platforms_patience() {
+    let env = [("HOME", "/home/ada"), ("DATABRICKS_APP_PORT", "8080")];
+    let load_on_databricks =
+        |server: &str| Config::from_toml_str(&with_route(server), Path::new(FILE), &env);
+    for quiet in ["sse_keepalive_secs = 30", "sse_keepalive_secs = 0"] {
+        let error = load_on_databricks(&format!("[server]\n{quiet}\n"))
+            .expect_err(quiet)
+            .to_string();
+        assert!(error.contains("server.sse_keepalive_secs"), "{error}");
+        assert!(error.contains("set 1 to 25 seconds"), "{error}");
+    }
+    let config =
+        load_on_databricks("[server]\nsse_keepalive_secs = 25\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.server.sse_keepalive, Some(Duration::from_secs(25)));
+    // Elsewhere, quiet streams are the operator's choice.
+    assert_eq!(
+        load_ok(&with_route("[server]\nsse_keepalive_secs = 0\n"))
+            .server
+            .sse_keepalive,
+        None
+    );
+}

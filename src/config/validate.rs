@@ -21,6 +21,8 @@ use super::{
 pub(super) const DEFAULT_STORE_DIR: &str = "~/.mcp/auth";
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8000);
 const DEFAULT_SSE_KEEPALIVE_SECS: u64 = 15;
+/// Databricks Apps' proxy closes a stream that stays quiet for about half a minute.
+const DATABRICKS_MAX_KEEPALIVE_SECS: u64 = 25;
 const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
 const DEFAULT_READ_TIMEOUT_SECS: u64 = 300;
 /// Ten minutes to finish signing in, as the MCP clients' own OAuth flows allow.
@@ -288,6 +290,12 @@ fn server(raw: RawServer, route_keys: bool, checker: &mut Checker<'_>) -> Option
     }
 
     let keepalive_secs = raw.sse_keepalive_secs.unwrap_or(DEFAULT_SSE_KEEPALIVE_SECS);
+    if databricks && !(1..=DATABRICKS_MAX_KEEPALIVE_SECS).contains(&keepalive_secs) {
+        let kind = FieldErrorKind::PlatformKeepalive {
+            max: DATABRICKS_MAX_KEEPALIVE_SECS,
+        };
+        checker.fail("server.sse_keepalive_secs".into(), None, kind);
+    }
     Some(ServerConfig {
         listen: listen?,
         learn_public_url: databricks && raw.public_url.is_none(),

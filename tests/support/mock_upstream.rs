@@ -793,17 +793,24 @@ async fn legacy_message(
 // --- Raw SSE endpoints: {base}/events and {base}/silent ---
 
 /// `n` tick events (ids 1..=n), one every `interval_ms`, each its own chunk; then the end.
+/// A client resuming with `Last-Event-ID: k` gets the ticks after `k`.
 async fn tick_events(
     State(app): State<App>,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Response {
     let count = query_number(&query, "n", 5);
     let interval = Duration::from_millis(query_number(&query, "interval_ms", 200));
-    let ticks = stream::unfold(1, move |i| async move {
+    let resumed_after: u64 = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok()?.trim().parse().ok())
+        .unwrap_or(0);
+    let first = resumed_after + 1;
+    let ticks = stream::unfold(first, move |i| async move {
         if i > count {
             return None;
         }
-        if i > 1 {
+        if i > first {
             tokio::time::sleep(interval).await;
         }
         let event = format!("id: {i}\nevent: tick\ndata: {{\"i\":{i}}}\n\n");
