@@ -324,3 +324,35 @@ async fn the_commands_follow_the_admin_api_to_its_own_listener() {
     assert_eq!(code, 3, "{}", text(&output));
     assert_eq!(json(&output)["source"], "gateway");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_per_user_route_the_commands_count_people_and_act_on_nobody_unnamed() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let per_user = config_text(&upstream, "").replace(
+        "[store]",
+        "trusted_identity_header = \"X-Forwarded-Email\"\nprincipal = \"forwarded\"\n[store]",
+    );
+    let gateway = start(&format!("{per_user}[routes.auth]\nkind = \"oauth\"\n"), &[]);
+    let config = cli_config(&gateway, None);
+
+    let (code, output) = run(&config, &["status"]).await;
+    assert_eq!(code, 0, "{}", text(&output));
+    assert!(
+        text(&output).contains("per-user: 0 of 0 signed in"),
+        "{}",
+        text(&output)
+    );
+    let (_, output) = run(&config, &["status", "up", "--json"]).await;
+    assert_eq!(json(&output)["per_user"]["known"], 0);
+
+    for command in [&["auth", "up"][..], &["refresh", "up"], &["clear", "up"]] {
+        let (code, output) = run(&config, command).await;
+        assert_eq!(code, 1, "{command:?}: {}", text(&output));
+        assert!(
+            text(&output).contains("per person"),
+            "{command:?}: {}",
+            text(&output)
+        );
+    }
+    assert!(store_files(gateway.dir.path()).is_empty());
+}

@@ -358,9 +358,13 @@ fn duration_text(seconds: u64) -> String {
 }
 
 fn state_text(route: &RouteStatus) -> String {
-    let state = match &route.sign_in {
-        Some(sign_in) => sign_in.state.label().to_owned(),
-        None => "ready".to_owned(),
+    let state = match (&route.sign_in, &route.per_user) {
+        (Some(sign_in), _) => sign_in.state.label().to_owned(),
+        (None, Some(people)) => format!(
+            "per-user: {} of {} signed in",
+            people.signed_in, people.known
+        ),
+        (None, None) => "ready".to_owned(),
     };
     if route.upstream_unreachable {
         format!("{state} (upstream unreachable)")
