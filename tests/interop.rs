@@ -6,12 +6,16 @@
 //! of its own). Every pair of client and server transports runs, through the bridge where
 //! the two differ.
 //!
+//! In every run the client lists and calls tools, counts a call's progress notifications,
+//! and cancels a second call at its first one; the mock must see the cancellation.
+//!
 //! The client runs from the virtualenv that `scripts/interop-venv.sh` prepares (the README's
 //! test command and CI run it first); `INTEROP_PYTHON` may name another interpreter.
 
 mod support;
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::gateway::single_route;
@@ -47,6 +51,45 @@ fn run_client(transport: &str, url: &str, extra: &[&str]) -> Value {
     serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("one JSON line")
 }
 
+/// The call under way was cancelled after its first progress notification: it never
+/// completed, the SDK sent `notifications/cancelled` for its id, and the session went on.
+fn assert_cancelled(summary: &Value, echoed: &str) {
+    let cancel = &summary["cancel"];
+    assert_eq!(
+        cancel["cancelled"], true,
+        "no notifications/cancelled: {summary}"
+    );
+    assert_eq!(
+        cancel["after_progress"], true,
+        "no progress came first: {summary}"
+    );
+    assert!(cancel["request_id"].is_number(), "{summary}");
+    assert_eq!(summary["echo_after_cancel"], echoed, "{summary}");
+}
+
+/// The client's cancellation reached the mock: one `notifications/cancelled`, naming the
+/// cancelled call's id with the client's reason, within five seconds (the gateway may still
+/// be sending it when the client is done). The slow tool was called twice: once to the
+/// end, once cancelled.
+async fn assert_cancellation_reached(upstream: &MockUpstream, summary: &Value) {
+    assert_cancelled(summary, "hello through the gateway");
+    let state = upstream.state();
+    let cancelled = || state.notifications("notifications/cancelled");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cancelled().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let notices = cancelled();
+    assert_eq!(notices.len(), 1, "{notices:?} for {summary}");
+    let params = &notices[0]["params"];
+    assert_eq!(
+        params["requestId"], summary["cancel"]["request_id"],
+        "{notices:?} for {summary}"
+    );
+    assert_eq!(params["reason"], summary["cancel"]["reason"], "{notices:?}");
+    assert_eq!(state.tool_calls("slow_stream"), 2, "{summary}");
+}
+
 async fn check_transport(transport: &str, path: &str) {
     let upstream = MockUpstream::start(MockOptions {
         token: TOKEN.into(),
@@ -65,6 +108,7 @@ async fn check_transport(transport: &str, path: &str) {
     assert_eq!(summary["echo"], "hello through the gateway");
     assert_eq!(summary["progress"], 3, "{summary}");
     assert_eq!(summary["slow_result"], "done after 3 steps");
+    assert_cancellation_reached(&upstream, &summary).await;
     // Everything the upstream saw carried the gateway's token, none the client's.
     let requests = upstream.state().requests();
     assert!(!requests.is_empty());
@@ -81,17 +125,18 @@ async fn check_transport(transport: &str, path: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn python_sdk_client_works_over_streamable_http() {
+async fn python_sdk_client_lists_calls_and_cancels_over_streamable_http() {
     check_transport("streamable", "/mock/mcp").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn python_sdk_client_works_over_legacy_sse() {
+async fn python_sdk_client_lists_calls_and_cancels_over_legacy_sse() {
     check_transport("sse", "/mock/sse").await;
 }
 
 /// With `tool_filter` on the route, the SDK client lists only the tools left and is refused
-/// a filtered one, which never reaches the upstream; progress notifications still stream.
+/// a filtered one, which never reaches the upstream; progress notifications still stream and
+/// a cancellation still goes through.
 async fn check_tool_filter(transport: &str, path: &str, legacy: bool, route_transport: &str) {
     let upstream = MockUpstream::start(MockOptions {
         token: TOKEN.into(),
@@ -135,9 +180,10 @@ deny = ["admin_*", "who?mi"]
         message.contains("'admin_echo' is not available"),
         "{message}"
     );
+    assert_cancellation_reached(&upstream, &summary).await;
     assert_eq!(
         upstream.state().tool_calls("echo"),
-        1,
+        2,
         "allowed calls go through"
     );
     assert_eq!(
@@ -208,6 +254,8 @@ auth = {{ kind = "bearer", token_file = "{{dir}}/upstream-token" }}
                 "trigger-long-running-operation",
                 "--slow-args",
                 slow_args,
+                "--cancel-args",
+                r#"{"duration": 10, "steps": 50}"#,
             ],
         )
     })
@@ -222,6 +270,7 @@ auth = {{ kind = "bearer", token_file = "{{dir}}/upstream-token" }}
     assert!(done.contains("Steps: 3"), "{summary}");
     let tools = summary["tools"].as_array().expect("tools");
     assert!(tools.len() > 5, "the reference server's tools: {summary}");
+    assert_cancelled(&summary, "Echo: hello through the gateway");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -290,6 +339,9 @@ auth = {{ kind = "bearer", token_file = "{{dir}}/upstream-token" }}
             "count",
             "--slow-args",
             r#"{"steps": 3}"#,
+            // Ten seconds of counting: still under way when it is cancelled.
+            "--cancel-args",
+            r#"{"steps": 500}"#,
         ];
         run_client(&client, &url, &args)
     })
@@ -298,6 +350,7 @@ auth = {{ kind = "bearer", token_file = "{{dir}}/upstream-token" }}
     assert_eq!(summary["echo"], "hello through the gateway", "{summary}");
     assert_eq!(summary["progress"], 3, "{summary}");
     assert_eq!(summary["slow_result"], "counted 3", "{summary}");
+    assert_cancelled(&summary, "hello through the gateway");
 }
 
 #[tokio::test(flavor = "multi_thread")]

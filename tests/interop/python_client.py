@@ -5,15 +5,25 @@ The gateway's interoperability tests run this script against a gateway route
 to prove that a real MCP client, not just our own test code, can talk through
 it. It connects over the transport named on the command line, initializes,
 lists the tools, calls `echo`, calls `slow_stream` while counting progress
-notifications, and prints one JSON line that the calling test checks:
+notifications, starts a second, longer `slow_stream` call and cancels it at its
+first progress notification, calls `echo` once more, and prints one JSON line
+that the calling test checks:
 
     {"transport": ..., "server_name": ..., "tools": [...], "echo": ...,
-     "progress": N, "slow_result": ...}
+     "progress": N, "slow_result": ...,
+     "cancel": {"cancelled", "after_progress", "request_id", "reason"},
+     "echo_after_cancel": ...}
+
+The call is cancelled the way the SDK offers: by cancelling the task that awaits
+it, upon which the SDK sends `notifications/cancelled` for the request's id.
+`cancel.cancelled` says the call did not complete and that notice was written to
+the transport; `cancel.request_id` is the call's JSON-RPC id, as the client sent
+it, and `cancel.reason` the notice's reason.
 
 With `--call-blocked NAME` it also calls the tool NAME, which the gateway is
 expected to refuse, and reports the JSON-RPC error as "blocked": {"code", "message"}.
-`--echo-tool`, `--echo-arg`, `--slow-tool` and `--slow-args` name the tools and
-arguments of servers other than the gateway's mock upstream.
+`--echo-tool`, `--echo-arg`, `--slow-tool`, `--slow-args` and `--cancel-args`
+name the tools and arguments of servers other than the gateway's mock upstream.
 
 Any failure ends the process with status 1 and a one-line reason on stderr;
 bad arguments end it with status 2. The whole run is bounded by a timeout so
@@ -22,7 +32,7 @@ a stuck stream fails the test instead of hanging it.
 Usage:
     python_client.py --transport streamable|sse --url URL [--expect-tool NAME]...
                      [--call-blocked NAME] [--echo-tool NAME] [--echo-arg KEY]
-                     [--slow-tool NAME] [--slow-args JSON]
+                     [--slow-tool NAME] [--slow-args JSON] [--cancel-args JSON]
 """
 
 from __future__ import annotations
@@ -41,10 +51,15 @@ from mcp.client.session import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
 
 OVERALL_TIMEOUT_SECS = 30.0
 ECHO_TEXT = "hello through the gateway"
 SLOW_ARGS = {"steps": 3, "interval_ms": 100}
+# Long enough that the call is still running when it is cancelled.
+CANCEL_ARGS = {"steps": 50, "interval_ms": 100}
+# When no progress notification comes first, the call is cancelled after this long.
+CANCEL_FALLBACK_SECS = 1.0
 CLIENT_INFO = types.Implementation(name="mcp-gateway-interop-client", version="1.0.0")
 
 
@@ -71,6 +86,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=json.loads,
         default=SLOW_ARGS,
         help="the progress tool's arguments, as JSON",
+    )
+    parser.add_argument(
+        "--cancel-args",
+        type=json.loads,
+        default=CANCEL_ARGS,
+        help="the progress tool's arguments for the call that is cancelled, as JSON",
     )
     parser.add_argument(
         "--call-blocked",
@@ -113,6 +134,51 @@ def loopback_only_client(
     )
 
 
+class RecordingWriteStream:
+    """The transport's write stream, keeping a copy of every message the session sends.
+
+    The SDK does not tell its caller which JSON-RPC id a request went out with, nor
+    whether it sent `notifications/cancelled`; what it wrote to the transport does.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.sent: list[types.JSONRPCMessage] = []
+
+    async def send(self, item: SessionMessage, /) -> None:
+        self.sent.append(item.message)
+        await self._inner.send(item)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> RecordingWriteStream:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._inner.__aexit__(*exc_info)
+
+    def last_call_of(self, tool: str) -> types.RequestId | None:
+        calls = [
+            message.id
+            for message in self.sent
+            if isinstance(message, types.JSONRPCRequest)
+            and message.method == "tools/call"
+            and (message.params or {}).get("name") == tool
+        ]
+        return calls[-1] if calls else None
+
+    def cancellations_of(self, request_id: types.RequestId) -> list[dict[str, Any]]:
+        return [
+            message.params or {}
+            for message in self.sent
+            if isinstance(message, types.JSONRPCNotification)
+            and message.method == "notifications/cancelled"
+            and (message.params or {}).get("requestId") == request_id
+        ]
+
+
 async def open_transport(stack: AsyncExitStack, args: argparse.Namespace) -> tuple[Any, Any]:
     headers = request_headers(args.bearer_env)
     if args.transport == "sse":
@@ -142,9 +208,46 @@ def result_text(tool: str, result: types.CallToolResult) -> str:
     return text
 
 
+async def call_and_cancel(
+    session: ClientSession, sent: RecordingWriteStream, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Starts a long call of the progress tool and cancels it at its first progress
+    notification, or after CANCEL_FALLBACK_SECS without one, by cancelling the task
+    that awaits it; reports whether the SDK sent `notifications/cancelled` for it."""
+    first_progress = anyio.Event()
+    completed: types.CallToolResult | None = None
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        first_progress.set()
+
+    async def call() -> None:
+        nonlocal completed
+        completed = await session.call_tool(
+            args.slow_tool, dict(args.cancel_args), progress_callback=on_progress
+        )
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(call)
+        with anyio.move_on_after(CANCEL_FALLBACK_SECS):
+            await first_progress.wait()
+        group.cancel_scope.cancel()
+
+    if completed is not None:
+        raise InteropFailure(f"the cancelled call completed: {completed.model_dump_json()}")
+    request_id = sent.last_call_of(args.slow_tool)
+    notices = sent.cancellations_of(request_id) if request_id is not None else []
+    return {
+        "cancelled": len(notices) == 1,
+        "after_progress": first_progress.is_set(),
+        "request_id": request_id,
+        "reason": notices[0].get("reason") if notices else None,
+    }
+
+
 async def run_session(args: argparse.Namespace) -> dict[str, Any]:
     async with AsyncExitStack() as stack:
-        read_stream, write_stream = await open_transport(stack, args)
+        read_stream, transport_write_stream = await open_transport(stack, args)
+        write_stream = RecordingWriteStream(transport_write_stream)
         session = await stack.enter_async_context(
             ClientSession(read_stream, write_stream, client_info=CLIENT_INFO)
         )
@@ -184,7 +287,11 @@ async def run_session(args: argparse.Namespace) -> dict[str, Any]:
             "echo": result_text(args.echo_tool, echo),
             "progress": progress_seen,
             "slow_result": result_text(args.slow_tool, slow),
+            "cancel": await call_and_cancel(session, write_stream, args),
         }
+        # The session outlives the cancelled call.
+        echo_again = await session.call_tool(args.echo_tool, {args.echo_arg: ECHO_TEXT})
+        report["echo_after_cancel"] = result_text(args.echo_tool, echo_again)
         if args.call_blocked:
             try:
                 result = await session.call_tool(args.call_blocked, {})
