@@ -10,7 +10,8 @@
 //! counts a call's progress, and cancels a call under way; the mock must see the
 //! cancellation. `mcp-remote`, the stdio bridge that desktop clients run, is fed JSON-RPC
 //! lines on its stdin, lists the tools and calls `echo`, and must not start a sign-in of its
-//! own.
+//! own; to the mock it also passes on a call's progress notifications and a cancellation the
+//! desktop client sends, which the mock must see.
 //!
 //! Both run under the Node 22 that `scripts/interop-node.sh` installs with them (the README's
 //! test command runs it). Each child gets an empty environment but for a `PATH` holding only
@@ -564,22 +565,38 @@ impl McpRemote {
 
     /// Sends `request` and returns the message answering its id; others are skipped.
     fn request(&mut self, request: Value) -> Value {
+        self.request_seeing(request).0
+    }
+
+    /// Sends `request` and returns the message answering its id, with every message that
+    /// came before it.
+    fn request_seeing(&mut self, request: Value) -> (Value, Vec<Value>) {
         self.send(&request);
+        self.next_until(|message| message["id"] == request["id"], &request)
+    }
+
+    /// The first message for which `wanted` holds, with the messages skipped before it; a
+    /// panic naming `awaited` if none comes within `ANSWER_DEADLINE`.
+    fn next_until(
+        &mut self,
+        wanted: impl Fn(&Value) -> bool,
+        awaited: &Value,
+    ) -> (Value, Vec<Value>) {
         let deadline = Instant::now() + ANSWER_DEADLINE;
+        let mut skipped = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(message) if message["id"] == request["id"] => return message,
-                Ok(_) => continue,
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("no answer to {request}; mcp-remote said: {}", self.stderr())
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!(
-                        "mcp-remote ended before answering {request}: {}",
-                        self.stderr()
-                    )
-                }
+                Ok(message) if wanted(&message) => return (message, skipped),
+                Ok(message) => skipped.push(message),
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "nothing came for {awaited} but {skipped:?}; mcp-remote said: {}",
+                    self.stderr()
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "mcp-remote ended while awaiting {awaited}, after {skipped:?}: {}",
+                    self.stderr()
+                ),
             }
         }
     }
@@ -674,21 +691,100 @@ struct RemoteSession {
 /// A desktop client's first session through `mcp-remote` at `url`: the handshake, the tool
 /// list and one call of `echo` with `ECHO_TEXT` as its argument `echo_arg`.
 fn run_remote_session(url: &str, strategy: &str, echo_arg: &str) -> RemoteSession {
+    let (remote, session) = start_remote_session(url, strategy, echo_arg);
+    session(remote.finish())
+}
+
+/// The first steps of `run_remote_session`, leaving `mcp-remote` running for more; the
+/// session is complete once given how `mcp-remote` finished.
+fn start_remote_session(
+    url: &str,
+    strategy: &str,
+    echo_arg: &str,
+) -> (McpRemote, impl FnOnce(Finished) -> RemoteSession) {
     let mut remote = McpRemote::start(url, strategy);
     let initialize = remote.request(support::initialize_request());
     remote.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
     let tools = remote.request(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}));
-    let echo = remote.request(json!({
-        "jsonrpc": "2.0",
-        "id": 3,
-        "method": "tools/call",
-        "params": {"name": "echo", "arguments": {echo_arg: ECHO_TEXT}},
-    }));
-    RemoteSession {
+    let echo = remote.request(tool_call(3, "echo", json!({echo_arg: ECHO_TEXT}), None));
+    let session = move |finished| RemoteSession {
         initialize,
         tools,
         echo,
-        finished: remote.finish(),
+        finished,
+    };
+    (remote, session)
+}
+
+/// A `tools/call` request, asking for progress notifications when `progress_token` is set.
+fn tool_call(id: u64, tool: &str, arguments: Value, progress_token: Option<&str>) -> Value {
+    let mut params = json!({"name": tool, "arguments": arguments});
+    if let Some(token) = progress_token {
+        params["_meta"] = json!({"progressToken": token});
+    }
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
+}
+
+/// Whether `message` is a `notifications/progress` for `token`.
+fn is_progress_for(message: &Value, token: &str) -> bool {
+    message["method"] == "notifications/progress" && message["params"]["progressToken"] == token
+}
+
+/// The `progress` values of the `notifications/progress` for `token` among `messages`.
+fn progress_for(messages: &[Value], token: &str) -> Vec<Value> {
+    messages
+        .iter()
+        .filter(|message| is_progress_for(message, token))
+        .map(|message| message["params"]["progress"].clone())
+        .collect()
+}
+
+/// The JSON-RPC id of the `slow_stream` call the desktop client cancels.
+const CANCELLED_CALL_ID: u64 = 5;
+const CANCEL_REASON: &str = "cancelled by the desktop client";
+
+/// What the desktop client saw of the mock's `slow_stream` through `mcp-remote`.
+#[derive(Debug)]
+struct SlowCalls {
+    /// The answer to a call of three steps.
+    result: Value,
+    /// The `progress` values of that call's notifications that came before its answer.
+    progress: Vec<Value>,
+    /// The answer to an `echo` after the second call was cancelled.
+    echo_after_cancel: Value,
+}
+
+/// Calls `slow_stream` for three quick steps, asking for progress; then starts a long call
+/// (`CANCELLED_CALL_ID`) and sends `notifications/cancelled` for it once its first progress
+/// notification has arrived; then calls `echo` again.
+fn progress_and_cancel(remote: &mut McpRemote) -> SlowCalls {
+    let quick = json!({"steps": 3, "interval_ms": 50});
+    let call = tool_call(4, "slow_stream", quick, Some("quick"));
+    let (result, before) = remote.request_seeing(call);
+
+    // Long enough to be under way when it is cancelled.
+    let long = json!({"steps": 100, "interval_ms": 100});
+    let call = tool_call(CANCELLED_CALL_ID, "slow_stream", long, Some("long"));
+    remote.send(&call);
+    let (first, _) = remote.next_until(
+        |message| message["id"] == call["id"] || is_progress_for(message, "long"),
+        &call,
+    );
+    assert_eq!(
+        first["method"], "notifications/progress",
+        "the long call ended before its first progress: {first}"
+    );
+    remote.send(&json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/cancelled",
+        "params": {"requestId": CANCELLED_CALL_ID, "reason": CANCEL_REASON},
+    }));
+
+    let echo = tool_call(6, "echo", json!({"text": ECHO_TEXT}), None);
+    SlowCalls {
+        result,
+        progress: progress_for(&before, "quick"),
+        echo_after_cancel: remote.request(echo),
     }
 }
 
@@ -704,7 +800,8 @@ fn assert_left_without_sign_in(finished: &Finished) {
 
 /// `mcp-remote` forced onto one transport (`strategy`) to the mock at `path` on the gateway;
 /// the mock must see the messages at `message_path` and none at `other_path`, which the
-/// other transport would use.
+/// other transport would use. The desktop client also gets a call's progress before its
+/// answer, and cancels a second call, which the mock must learn of.
 async fn check_mcp_remote(
     path: &str,
     strategy: &str,
@@ -715,10 +812,13 @@ async fn check_mcp_remote(
     let (upstream, gateway) = mock_behind_gateway(route).await;
     let url = format!("{}{path}", gateway.url());
     let strategy_owned = strategy.to_owned();
-    let session =
-        tokio::task::spawn_blocking(move || run_remote_session(&url, &strategy_owned, "text"))
-            .await
-            .expect("mcp-remote thread");
+    let (session, slow) = tokio::task::spawn_blocking(move || {
+        let (mut remote, session) = start_remote_session(&url, &strategy_owned, "text");
+        let slow = progress_and_cancel(&mut remote);
+        (session(remote.finish()), slow)
+    })
+    .await
+    .expect("mcp-remote thread");
     let stderr = &session.finished.stderr;
 
     assert_eq!(
@@ -737,9 +837,10 @@ async fn check_mcp_remote(
         "{}",
         session.echo
     );
-    assert_eq!(upstream.state().tool_calls("echo"), 1);
-    // The desktop client's four messages at least; mcp-remote may add a handshake of its own.
-    assert!(posts_to(&upstream, message_path) >= 4, "{stderr}");
+    assert_progress_and_cancellation(&upstream, &slow).await;
+    assert_eq!(upstream.state().tool_calls("echo"), 2);
+    // The desktop client's eight messages at least; mcp-remote may add a handshake of its own.
+    assert!(posts_to(&upstream, message_path) >= 8, "{stderr}");
     assert_eq!(posts_to(&upstream, other_path), 0, "{stderr}");
     assert_all_carry_gateway_token(&upstream);
     assert_left_without_sign_in(&session.finished);
@@ -758,19 +859,46 @@ async fn check_mcp_remote(
     }
 }
 
+/// The three progress notifications of the quick call reached the desktop client, in order
+/// and before its answer; the cancellation of the long one reached the mock, under the id
+/// the desktop client gave the call, and the session went on.
+async fn assert_progress_and_cancellation(upstream: &MockUpstream, slow: &SlowCalls) {
+    assert_eq!(slow.progress, [json!(1), json!(2), json!(3)], "{slow:?}");
+    assert_eq!(
+        slow.result["result"]["content"][0]["text"], "done after 3 steps",
+        "{slow:?}"
+    );
+    assert_eq!(
+        slow.echo_after_cancel["result"]["content"][0]["text"], ECHO_TEXT,
+        "{slow:?}"
+    );
+
+    let state = upstream.state();
+    let cancelled = || state.notifications("notifications/cancelled");
+    eventually(|| !cancelled().is_empty()).await;
+    let notices = cancelled();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(
+        notices[0]["params"],
+        json!({"requestId": CANCELLED_CALL_ID, "reason": CANCEL_REASON}),
+        "{notices:?}"
+    );
+    assert_eq!(state.tool_calls("slow_stream"), 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn mcp_remote_lists_and_calls_over_streamable_http() {
+async fn mcp_remote_lists_calls_and_cancels_over_streamable_http() {
     check_mcp_remote("/mock/mcp", "http-only", PROXIED, "/v1/mcp", "/v1/message").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn mcp_remote_lists_and_calls_over_legacy_sse() {
+async fn mcp_remote_lists_calls_and_cancels_over_legacy_sse() {
     check_mcp_remote("/mock/sse", "sse-only", PROXIED, "/v1/message", "/v1/mcp").await;
 }
 
 /// `mcp-remote` on the legacy transport in front of a mock that speaks only Streamable HTTP.
 #[tokio::test(flavor = "multi_thread")]
-async fn mcp_remote_lists_and_calls_over_legacy_sse_through_the_bridge() {
+async fn mcp_remote_lists_calls_and_cancels_over_legacy_sse_through_the_bridge() {
     check_mcp_remote(
         "/mock/sse",
         "sse-only",
@@ -783,7 +911,7 @@ async fn mcp_remote_lists_and_calls_over_legacy_sse_through_the_bridge() {
 
 /// `mcp-remote` on Streamable HTTP in front of a route held to the legacy transport.
 #[tokio::test(flavor = "multi_thread")]
-async fn mcp_remote_lists_and_calls_over_streamable_http_through_the_bridge_to_legacy() {
+async fn mcp_remote_lists_calls_and_cancels_over_streamable_http_through_the_bridge_to_legacy() {
     check_mcp_remote(
         "/mock/mcp",
         "http-only",
