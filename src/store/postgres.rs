@@ -1,0 +1,548 @@
+//! The PostgreSQL token store: one row per slot in a database that several gateway replicas
+//! share (on Databricks Apps, a Lakebase database resource).
+//!
+//! Table `mcp_gateway_slots` holds, per [`Slot::hash`], the route's name (for people reading
+//! the table), the tokens record, the client registration record and when the row last
+//! changed. Records are the same JSON the file store writes, sealed the same way when keys are
+//! configured ([`Keyring`]), kept as `jsonb`.
+//!
+//! - **Schema.** [`PostgresStore::open`] applies the numbered [`MIGRATIONS`] that table
+//!   `mcp_gateway_schema_version` does not list yet, in order, in one transaction that first
+//!   takes a transaction-scoped advisory lock: replicas starting at once apply them once.
+//! - **Slot locks.** [`TokenStore::lock`] opens a connection of its own and takes
+//!   `pg_advisory_lock` on the slot hash there; the [`SlotLock`] keeps that connection, and
+//!   dropping it closes the connection, which frees the lock on the server, as does the death
+//!   of the process. Tasks of one process queue on a local mutex first, so one process holds
+//!   at most one such connection per slot.
+//! - **Connection loss.** Operations share one connection, opened on first use. When it fails
+//!   the operation answers [`StoreError::Unreachable`] (or [`StoreError::TimedOut`]), and the
+//!   next use connects again; an operation that failed on a connection it found already open
+//!   retries once on a new one, since every operation here is idempotent. The loss is logged
+//!   once (warn) and the return once (info), not per request.
+//! - **Runtime.** Connections are driven by a small runtime of the store's own, since a
+//!   connection must outlive whichever runtime first asked for it (start-up loads tokens on a
+//!   short-lived one). Queries can be awaited from any runtime.
+//!
+//! TLS is not supported yet: configuration refuses `sslmode=require`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, NoTls};
+
+use super::sealed::{Keyring, RecordKind};
+use super::{Slot, SlotLock, StoreError, StoredClient, StoredTokens, TokenStore};
+
+/// How long an operation may take before the database counts as unreachable.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for a slot lock: another replica holds it only for one token request.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+/// The advisory lock key that serialises migrations ("mcpgwmig" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6d63_7067_776d_6967;
+
+/// The schema, one step per entry; entry `n` is version `n + 1`. Never edit one that has
+/// shipped: add a new one.
+const MIGRATIONS: &[&str] = &["CREATE TABLE mcp_gateway_slots (
+        slot_hash text PRIMARY KEY,
+        route text NOT NULL,
+        tokens jsonb,
+        client jsonb,
+        updated_at timestamptz NOT NULL DEFAULT now()
+    )"];
+
+/// Where the database is: a connection configuration whose password is never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct PostgresTarget {
+    config: tokio_postgres::Config,
+}
+
+impl PostgresTarget {
+    pub(crate) fn new(mut config: tokio_postgres::Config) -> Self {
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .keepalives_idle(Duration::from_secs(30))
+            .application_name("mcp-u2m-gateway");
+        Self { config }
+    }
+
+    /// `user@host:port/database`, for messages: no password, whatever the URL held.
+    pub(crate) fn describe(&self) -> String {
+        let config = &self.config;
+        let host = match config.get_hosts().first() {
+            Some(Host::Tcp(name)) => name.clone(),
+            Some(Host::Unix(dir)) => dir.display().to_string(),
+            None => "localhost".to_owned(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let user = config.get_user().unwrap_or("?");
+        let database = config.get_dbname().unwrap_or(user);
+        format!("{user}@{host}:{port}/{database}")
+    }
+}
+
+impl fmt::Debug for PostgresTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("PostgresTarget")
+            .field(&self.describe())
+            .finish()
+    }
+}
+
+/// Whether the shared connection is known to be lost, so loss and return are logged once.
+#[derive(Debug)]
+struct Health {
+    target: String,
+    lost: AtomicBool,
+}
+
+impl Health {
+    fn lost(&self, error: &dyn fmt::Display) {
+        if !self.lost.swap(true, Ordering::AcqRel) {
+            tracing::warn!(store = %self.target, %error,
+                "token store database connection lost; store operations fail until it is back");
+        }
+    }
+
+    fn connected(&self) {
+        if self.lost.swap(false, Ordering::AcqRel) {
+            tracing::info!(store = %self.target, "token store database reconnected");
+        }
+    }
+}
+
+/// Slots kept as rows of one PostgreSQL database.
+pub(crate) struct PostgresStore {
+    target: PostgresTarget,
+    keyring: Keyring,
+    health: Arc<Health>,
+    /// The shared connection; `None` until first used and after it is lost.
+    client: tokio::sync::Mutex<Option<Arc<Client>>>,
+    local_locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("target", &self.target)
+            .field("sealed", &!self.keyring.is_empty())
+            .finish()
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which is not allowed inside another runtime.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database and brings its schema up to date; fails when the database
+    /// cannot be reached or migrated. Blocks the calling thread (it runs at start-up).
+    pub(crate) fn open(target: PostgresTarget, keyring: Keyring) -> Result<Self, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("token-store")
+            .enable_all()
+            .build()
+            .map_err(StoreError::Runtime)?;
+        let store = Self {
+            health: Arc::new(Health {
+                target: target.describe(),
+                lost: AtomicBool::new(false),
+            }),
+            target,
+            keyring,
+            client: tokio::sync::Mutex::new(None),
+            local_locks: parking_lot::Mutex::new(HashMap::new()),
+            runtime: Some(runtime),
+        };
+        // A thread of its own, since blocking on a runtime is refused inside another one.
+        let handle = store.handle();
+        let migrate = store.migrate();
+        let migrated = std::thread::scope(|scope| scope.spawn(|| handle.block_on(migrate)).join());
+        match migrated {
+            Ok(result) => result.map(|()| store),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// The store's own runtime, which exists from `open` until drop.
+    fn handle(&self) -> tokio::runtime::Handle {
+        match &self.runtime {
+            Some(runtime) => runtime.handle().clone(),
+            None => unreachable!("the runtime is taken only by drop"),
+        }
+    }
+
+    fn target_name(&self) -> String {
+        self.health.target.clone()
+    }
+
+    fn timed_out(&self) -> StoreError {
+        StoreError::TimedOut {
+            target: self.target_name(),
+            secs: QUERY_TIMEOUT.as_secs(),
+        }
+    }
+
+    /// Opens a new connection, driven on the store's runtime.
+    async fn connect(&self) -> Result<Client, StoreError> {
+        let config = self.target.config.clone();
+        let health = Arc::clone(&self.health);
+        let connecting = self.handle().spawn(async move {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    health.lost(&error);
+                }
+            });
+            Ok::<_, tokio_postgres::Error>(client)
+        });
+        match tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting).await {
+            Ok(Ok(Ok(client))) => {
+                self.health.connected();
+                Ok(client)
+            }
+            Ok(Ok(Err(source))) => {
+                self.health.lost(&source);
+                Err(self.classify("connect", source))
+            }
+            Ok(Err(joined)) if joined.is_panic() => std::panic::resume_unwind(joined.into_panic()),
+            // Cancelled: the store is being dropped.
+            Ok(Err(_)) | Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    /// The shared connection, opened when there is none or it was closed; also says whether
+    /// it was already open (and so may have died unnoticed).
+    async fn shared_client(&self) -> Result<(Arc<Client>, bool), StoreError> {
+        let mut shared = self.client.lock().await;
+        if let Some(client) = shared.as_ref().filter(|client| !client.is_closed()) {
+            return Ok((Arc::clone(client), true));
+        }
+        *shared = None;
+        let client = Arc::new(self.connect().await?);
+        *shared = Some(Arc::clone(&client));
+        Ok((client, false))
+    }
+
+    /// Forgets the shared connection if it is still `client`.
+    async fn forget(&self, client: &Arc<Client>) {
+        let mut shared = self.client.lock().await;
+        if shared
+            .as_ref()
+            .is_some_and(|held| Arc::ptr_eq(held, client))
+        {
+            *shared = None;
+        }
+    }
+
+    /// Runs `operation` on the shared connection, with a time limit; retries once on a new
+    /// connection when the one it found open turns out to be gone.
+    async fn run<T, F, Fut>(&self, action: &'static str, operation: F) -> Result<T, StoreError>
+    where
+        F: Fn(Arc<Client>) -> Fut,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        loop {
+            let (client, reused) = self.shared_client().await?;
+            let error =
+                match tokio::time::timeout(QUERY_TIMEOUT, operation(Arc::clone(&client))).await {
+                    Ok(Ok(value)) => return Ok(value),
+                    Ok(Err(source)) => self.classify(action, source),
+                    Err(_) => self.timed_out(),
+                };
+            if !error.is_unreachable() {
+                return Err(error);
+            }
+            self.forget(&client).await;
+            if !reused {
+                self.health.lost(&error);
+                return Err(error);
+            }
+        }
+    }
+
+    /// A failed operation as a [`StoreError`]: a lost connection, or a refusal.
+    fn classify(&self, action: &'static str, source: tokio_postgres::Error) -> StoreError {
+        let target = self.target_name();
+        // Classes 08 (connection exception) and 57 (operator intervention: a shutdown or a
+        // restart) mean the server went away, not that it refused this operation.
+        let gone = match source.code() {
+            None => true,
+            Some(code) => code.code().starts_with("08") || code.code().starts_with("57"),
+        };
+        if gone {
+            StoreError::Unreachable { target, source }
+        } else {
+            StoreError::Database {
+                target,
+                action,
+                source,
+            }
+        }
+    }
+
+    /// Applies the migrations this database lacks, on a connection of its own.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.connect().await?;
+        let fail = |action| move |source| self.classify(action, source);
+        let transaction = client
+            .transaction()
+            .await
+            .map_err(fail("begin a transaction"))?;
+        transaction
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(fail("take the schema migration lock"))?;
+        transaction
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS mcp_gateway_schema_version (
+                    version integer PRIMARY KEY,
+                    applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await
+            .map_err(fail("create the schema version table"))?;
+        let row = transaction
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM mcp_gateway_schema_version",
+                &[],
+            )
+            .await
+            .map_err(fail("read the schema version"))?;
+        let current: i32 = row.get(0);
+        let known = MIGRATIONS.len() as i32;
+        if current > known {
+            return Err(StoreError::SchemaTooNew {
+                target: self.target_name(),
+                found: current,
+                known,
+            });
+        }
+        for (version, sql) in (1..).zip(MIGRATIONS).skip(current as usize) {
+            transaction
+                .batch_execute(sql)
+                .await
+                .map_err(fail("apply a schema migration"))?;
+            transaction
+                .execute(
+                    "INSERT INTO mcp_gateway_schema_version (version) VALUES ($1)",
+                    &[&version],
+                )
+                .await
+                .map_err(fail("record a schema migration"))?;
+            tracing::info!(store = %self.health.target, version, "token store schema migrated");
+        }
+        transaction
+            .commit()
+            .await
+            .map_err(fail("commit the schema migrations"))
+    }
+
+    fn record_name(&self, slot: &Slot, kind: RecordKind) -> String {
+        format!(
+            "{} of slot {} in {}",
+            kind.as_str(),
+            slot.hash(),
+            self.health.target
+        )
+    }
+
+    async fn load<T: DeserializeOwned>(
+        &self,
+        slot: &Slot,
+        kind: RecordKind,
+    ) -> Result<Option<T>, StoreError> {
+        let hash = slot.hash();
+        let query = match kind {
+            RecordKind::Tokens => "SELECT tokens::text FROM mcp_gateway_slots WHERE slot_hash = $1",
+            RecordKind::Client => "SELECT client::text FROM mcp_gateway_slots WHERE slot_hash = $1",
+        };
+        let row = self
+            .run("read a slot", |client| {
+                let hash = hash.clone();
+                async move { client.query_opt(query, &[&hash]).await }
+            })
+            .await?;
+        let Some(text) = row.and_then(|row| row.get::<_, Option<String>>(0)) else {
+            return Ok(None);
+        };
+        let record = || self.record_name(slot, kind);
+        let plain = self
+            .keyring
+            .open(&hash, kind, text.as_bytes())
+            .map_err(|source| StoreError::sealed(record(), source))?;
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(|error| StoreError::Unreadable {
+                record: record(),
+                reason: super::describe(&error),
+            })
+    }
+
+    async fn save<T: Serialize>(
+        &self,
+        slot: &Slot,
+        kind: RecordKind,
+        record: &T,
+    ) -> Result<(), StoreError> {
+        let hash = slot.hash();
+        let sealed =
+            self.keyring
+                .seal(&hash, kind, record)
+                .map_err(|source| StoreError::Serialize {
+                    record: self.record_name(slot, kind),
+                    source,
+                })?;
+        // Serialised JSON is UTF-8; the database parses it again as jsonb.
+        let text = String::from_utf8_lossy(&sealed).into_owned();
+        let statement = match kind {
+            RecordKind::Tokens => {
+                "INSERT INTO mcp_gateway_slots (slot_hash, route, tokens) VALUES ($1, $2, $3::text::jsonb)
+                 ON CONFLICT (slot_hash) DO UPDATE
+                 SET route = excluded.route, tokens = excluded.tokens, updated_at = now()"
+            }
+            RecordKind::Client => {
+                "INSERT INTO mcp_gateway_slots (slot_hash, route, client) VALUES ($1, $2, $3::text::jsonb)
+                 ON CONFLICT (slot_hash) DO UPDATE
+                 SET route = excluded.route, client = excluded.client, updated_at = now()"
+            }
+        };
+        self.run("write a slot", |client| {
+            let params = (hash.clone(), slot.route.clone(), text.clone());
+            async move {
+                client
+                    .execute(statement, &[&params.0, &params.1, &params.2])
+                    .await
+            }
+        })
+        .await
+        .map(drop)
+    }
+
+    fn local_lock(&self, hash: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.local_locks.lock();
+
+        // Forget slots nobody holds or waits for, so per-user slots do not pile up.
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks.entry(hash.to_owned()).or_default().clone()
+    }
+}
+
+#[async_trait]
+impl TokenStore for PostgresStore {
+    async fn load_tokens(&self, slot: &Slot) -> Result<Option<StoredTokens>, StoreError> {
+        self.load(slot, RecordKind::Tokens).await
+    }
+
+    async fn save_tokens(&self, slot: &Slot, tokens: &StoredTokens) -> Result<(), StoreError> {
+        self.save(slot, RecordKind::Tokens, tokens).await
+    }
+
+    async fn load_client(&self, slot: &Slot) -> Result<Option<StoredClient>, StoreError> {
+        self.load(slot, RecordKind::Client).await
+    }
+
+    async fn save_client(&self, slot: &Slot, client: &StoredClient) -> Result<(), StoreError> {
+        self.save(slot, RecordKind::Client, client).await
+    }
+
+    async fn clear(&self, slot: &Slot, with_client: bool) -> Result<(), StoreError> {
+        let statement = if with_client {
+            "DELETE FROM mcp_gateway_slots WHERE slot_hash = $1"
+        } else {
+            "UPDATE mcp_gateway_slots SET tokens = NULL, updated_at = now() WHERE slot_hash = $1"
+        };
+        let hash = slot.hash();
+        self.run("clear a slot", |client| {
+            let hash = hash.clone();
+            async move { client.execute(statement, &[&hash]).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn lock(&self, slot: &Slot) -> Result<SlotLock, StoreError> {
+        let hash = slot.hash();
+        let local = self.local_lock(&hash).lock_owned().await;
+        let client = self.connect().await?;
+        let key = advisory_key(&hash);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+        let locking = client.execute("SELECT pg_advisory_lock($1)", &params);
+        match tokio::time::timeout(LOCK_TIMEOUT, locking).await {
+            Ok(Ok(_)) => Ok(SlotLock::new(HeldLock {
+                _client: client,
+                _local: local,
+            })),
+            Ok(Err(source)) => Err(self.classify("lock a slot", source)),
+            Err(_) => Err(StoreError::TimedOut {
+                target: self.target_name(),
+                secs: LOCK_TIMEOUT.as_secs(),
+            }),
+        }
+    }
+}
+
+/// A slot lock held by this store: the connection holding the advisory lock (closing it
+/// frees the lock on the server), then the in-process mutex.
+struct HeldLock {
+    _client: Client,
+    _local: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// The advisory lock key of a slot: its hash's 64 bits, which is as unique as slots are.
+fn advisory_key(hash: &str) -> i64 {
+    u64::from_str_radix(hash, 16).map_or(0, |bits| bits as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(url: &str) -> PostgresTarget {
+        PostgresTarget::new(url.parse().expect("a connection url"))
+    }
+
+    #[test]
+    fn a_target_is_shown_without_its_password() {
+        let target = target("postgres://gw:hunter2-SECRET@db.internal:6543/tokens");
+        let shown = format!("{} {target:?}", target.describe());
+        assert!(shown.contains("gw@db.internal:6543/tokens"), "{shown}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+    }
+
+    #[test]
+    fn a_unix_socket_target_names_its_directory() {
+        let target = target("postgresql://gw@%2Frun%2Fpostgresql/tokens");
+        assert_eq!(target.describe(), "gw@/run/postgresql:5432/tokens");
+    }
+
+    #[test]
+    fn advisory_keys_are_the_slot_hash_bits() {
+        assert_eq!(advisory_key("0000000000000001"), 1);
+        assert_eq!(advisory_key("ffffffffffffffff"), -1);
+        let slot = Slot::new("a", "https://mcp.atlassian.com/v1", None);
+        assert_ne!(advisory_key(&slot.hash()), 0);
+    }
+
+    #[test]
+    fn migrations_are_numbered_from_one_in_order() {
+        let versions: Vec<i32> = (1..).zip(MIGRATIONS).map(|(v, _)| v).collect();
+        assert_eq!(versions.first(), Some(&1));
+        assert_eq!(versions.len(), MIGRATIONS.len());
+    }
+}
