@@ -36,6 +36,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_postgres::config::Host;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls};
 
 use super::sealed::{Keyring, RecordKind};
@@ -106,9 +107,11 @@ struct Health {
 }
 
 impl Health {
-    fn lost(&self, error: &dyn fmt::Display) {
+    fn lost(&self, error: &(dyn std::error::Error + 'static)) {
         if !self.lost.swap(true, Ordering::AcqRel) {
-            tracing::warn!(store = %self.target, %error,
+            // tokio-postgres says only "db error" at the top; the server's words are below.
+            let cause = error.source().map(ToString::to_string);
+            tracing::warn!(store = %self.target, %error, cause,
                 "token store database connection lost; store operations fail until it is back");
         }
     }
@@ -409,7 +412,7 @@ impl PostgresStore {
                     source,
                 })?;
         // Serialised JSON is UTF-8; the database parses it again as jsonb.
-        let text = String::from_utf8_lossy(&sealed).into_owned();
+        let text = RecordText(String::from_utf8_lossy(&sealed).into_owned());
         let statement = match kind {
             RecordKind::Tokens => {
                 "INSERT INTO mcp_gateway_slots (slot_hash, route, tokens) VALUES ($1, $2, $3::text::jsonb)
@@ -423,7 +426,7 @@ impl PostgresStore {
             }
         };
         self.run("write a slot", |client| {
-            let params = (hash.clone(), slot.route.clone(), text.clone());
+            let params = (hash.clone(), slot.route.clone(), RecordText(text.0.clone()));
             async move {
                 client
                     .execute(statement, &[&params.0, &params.1, &params.2])
@@ -481,7 +484,7 @@ impl TokenStore for PostgresStore {
         let local = self.local_lock(&hash).lock_owned().await;
         let client = self.connect().await?;
         let key = advisory_key(&hash);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+        let params: [&(dyn ToSql + Sync); 1] = [&key];
         let locking = client.execute("SELECT pg_advisory_lock($1)", &params);
         match tokio::time::timeout(LOCK_TIMEOUT, locking).await {
             Ok(Ok(_)) => Ok(SlotLock::new(HeldLock {
@@ -502,6 +505,32 @@ impl TokenStore for PostgresStore {
 struct HeldLock {
     _client: Client,
     _local: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// A record as a query parameter. tokio-postgres logs parameters with `Debug` at debug
+/// level; this one prints nothing of the record, which may hold plain tokens.
+struct RecordText(String);
+
+impl fmt::Debug for RecordText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[record]")
+    }
+}
+
+impl ToSql for RecordText {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        self.0.to_sql(ty, out)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <String as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
 }
 
 /// The advisory lock key of a slot: its hash's 64 bits, which is as unique as slots are.
@@ -529,6 +558,15 @@ mod tests {
     fn a_unix_socket_target_names_its_directory() {
         let target = target("postgresql://gw@%2Frun%2Fpostgresql/tokens");
         assert_eq!(target.describe(), "gw@/run/postgresql:5432/tokens");
+    }
+
+    #[test]
+    fn record_parameters_debug_print_nothing_of_the_record() {
+        let shown = format!(
+            "{:?}",
+            RecordText(r#"{"access_token": "at-SECRET"}"#.into())
+        );
+        assert_eq!(shown, "[record]");
     }
 
     #[test]
