@@ -149,7 +149,7 @@ pub(crate) struct StoreConfig {
 pub(crate) enum StoreKind {
     File,
     /// Rows of a PostgreSQL database, shared by replicas.
-    Postgres(crate::store::PostgresTarget),
+    Postgres(Box<crate::store::PostgresTarget>),
 }
 
 /// The transport the route's upstream speaks.

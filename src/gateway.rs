@@ -674,7 +674,8 @@ fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StartError> {
             Ok(Arc::new(store))
         }
         StoreKind::Postgres(target) => {
-            let store = PostgresStore::open(target.clone(), keyring).map_err(StartError::Store)?;
+            let store =
+                PostgresStore::open((**target).clone(), keyring).map_err(StartError::Store)?;
             tracing::info!(database = %target.describe(), sealed, "token store");
             Ok(Arc::new(store))
         }

@@ -37,9 +37,8 @@ pub(super) fn check(raw: RawStore, checker: &mut Checker<'_>) -> Option<StoreCon
             }
             Some(StoreKind::File)
         }
-        RawStoreKind::Postgres => {
-            postgres_target(raw.url.as_ref(), kind_span, checker).map(StoreKind::Postgres)
-        }
+        RawStoreKind::Postgres => postgres_target(raw.url.as_ref(), kind_span, checker)
+            .map(|target| StoreKind::Postgres(Box::new(target))),
     };
     let keys = keys(&raw.encryption_keys, checker);
     let dir = dir(raw.dir.as_ref(), checker);
