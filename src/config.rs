@@ -530,8 +530,8 @@ pub(crate) enum FieldErrorKind {
     #[error("environment variable {var} is not set or is empty")]
     TokenEnvUnset { var: String },
 
-    #[error("url only applies to kind = \"postgres\"")]
-    StoreUrlWithoutPostgres,
+    #[error("{key} only applies to kind = \"postgres\"")]
+    PostgresOnlyKey { key: &'static str },
 
     #[error(
         "kind = \"postgres\" needs a database: set url = \"postgres://USER@HOST:PORT/DATABASE\" \
@@ -554,10 +554,12 @@ pub(crate) enum FieldErrorKind {
     PostgresUserMissing,
 
     #[error(
-        "sslmode {mode} needs TLS, which the postgres store does not support yet: use \
-         sslmode=disable or prefer, over a private network or a Unix socket"
+        "sslmode `{mode}` is not one of disable, allow, prefer, require, verify-ca, verify-full"
     )]
-    PostgresTlsUnsupported { mode: String },
+    InvalidSslMode { mode: String },
+
+    #[error("ca_file needs sslmode require, verify-ca or verify-full: without TLS it is unused")]
+    CaFileWithoutTls,
 
     #[error("encryption key `{id}` needs exactly one of env or file")]
     StoreKeySourceCount { id: String },

@@ -31,7 +31,7 @@ use crate::secret::Secret;
 use crate::token::AccessToken;
 
 pub(crate) use file::FileStore;
-pub(crate) use postgres::{PostgresStore, PostgresTarget};
+pub(crate) use postgres::{PostgresStore, PostgresTarget, Tls as PostgresTls};
 pub use sealed::{KeyError, SealError};
 pub(crate) use sealed::{KeyMaterial, Keyring, StoreKey};
 
@@ -321,10 +321,7 @@ pub enum StoreError {
     },
     #[error("token store record {record} is unreadable ({reason}); this slot needs a new sign-in")]
     Unreadable { record: String, reason: String },
-    #[error(
-        "token store database {target} is unreachable; check that it runs and accepts this \
-         gateway's connections (the next use tries again)"
-    )]
+    #[error("token store database {target} is unreachable; the next use connects again")]
     Unreachable {
         target: String,
         #[source]
@@ -343,6 +340,17 @@ pub enum StoreError {
         target: String,
         found: i32,
         known: i32,
+    },
+    #[error("cannot read the token store database's CA file {path}")]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("cannot set up TLS for the token store database")]
+    Tls {
+        #[source]
+        source: rustls::Error,
     },
     #[error("cannot start the token store's connection runtime")]
     Runtime(#[source] std::io::Error),

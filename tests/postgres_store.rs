@@ -521,3 +521,63 @@ async fn no_password_key_or_token_leaks_and_an_outage_is_logged_once() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sslmode_require_connects_over_tls_and_refuses_an_unknown_certificate() {
+    let db = TestPostgres::start_with_tls();
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let url = format!("{}?sslmode=require", db.url());
+    let store = format!(
+        "kind = \"postgres\"\nurl = \"{url}\"\nca_file = \"{}\"\ndir = \"{{dir}}/store\"",
+        db.ca_file().display()
+    );
+    let gateway = gateway(&upstream, &store, None);
+    assert_eq!(sign_in(&gateway).await.0, 200);
+    let issued = upstream.oauth().issued_access_tokens();
+    assert_eq!(stored_tokens(&db).await["access_token"], issued[0]);
+
+    // Every connection the gateway holds is encrypted.
+    let (encrypted, all): (i64, i64) = {
+        let row = db
+            .client()
+            .await
+            .query_one(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s
+                 JOIN pg_stat_activity a USING (pid)
+                 WHERE a.application_name = 'mcp-u2m-gateway'",
+                &[],
+            )
+            .await
+            .expect("query");
+        (row.get(0), row.get(1))
+    };
+    assert!(
+        all >= 1 && encrypted == all,
+        "{encrypted} of {all} over TLS"
+    );
+
+    // Without the CA that signed it, the server's certificate is refused at start.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[store]\nkind = \"postgres\"\nurl = \"{url}\"\ndir = \"store\"\n[[routes]]\n\
+             name = \"up\"\nprefix = \"/up\"\nupstream = \"{}\"\n",
+            upstream.base_url()
+        ),
+    )
+    .expect("config");
+    let config = mcp_u2m_gateway::Config::load(Some(&path)).expect("valid config");
+    let Err(error) = mcp_u2m_gateway::Gateway::bind(config) else {
+        panic!("a gateway started on a database whose certificate it cannot verify");
+    };
+    let mut chain = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        chain.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    assert!(chain.contains("certificate"), "{chain}");
+    assert!(!chain.contains(postgres::PASSWORD), "{chain}");
+}

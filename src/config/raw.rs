@@ -79,6 +79,8 @@ pub(super) struct RawStore {
     pub(super) dir: Option<Spanned<String>>,
     /// Only for `kind = "postgres"`; it may hold a password, so it is never echoed.
     pub(super) url: Option<Spanned<String>>,
+    /// Only for `kind = "postgres"` over TLS: extra roots for the database's certificate.
+    pub(super) ca_file: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) encryption_keys: Vec<Spanned<RawStoreKey>>,
 }

@@ -4,12 +4,15 @@
 //! PostgreSQL database named by `url`, or, without one, by the libpq variables `PGHOST`,
 //! `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE` and `PGSSLMODE` (what Databricks Apps sets
 //! for a database resource); the variables also fill in what the URL leaves out, so the
-//! password can stay out of the file. TLS to the database is not supported yet, so an
-//! `sslmode` that requires it is refused here rather than failing at the first connection.
+//! password can stay out of the file. An `sslmode` of `require`, `verify-ca` or
+//! `verify-full` means TLS, with the server's certificate always verified (against the
+//! Mozilla roots and `ca_file`); `disable`, `allow` and `prefer` mean none.
 //!
 //! `encryption_keys` lists `{ id, env }` or `{ id, file }` tables, each naming 32 random bytes
 //! in base64; they are read and checked here, so `check` reports a missing or malformed key
 //! by its id. Neither a key nor a database password is ever part of a message.
+
+use std::ops::Range;
 
 use toml::Spanned;
 
@@ -17,7 +20,7 @@ use super::env::{self, Env};
 use super::raw::{RawStore, RawStoreKey, RawStoreKind};
 use super::validate::{Checker, DEFAULT_STORE_DIR};
 use super::{FieldErrorKind, StoreConfig, StoreKind};
-use crate::store::{KeyMaterial, PostgresTarget, StoreKey};
+use crate::store::{KeyMaterial, PostgresTarget, PostgresTls, StoreKey};
 
 /// The libpq variables that name a database, in the order they are looked at.
 const PG_HOST: &str = "PGHOST";
@@ -29,15 +32,22 @@ const PG_SSLMODE: &str = "PGSSLMODE";
 
 pub(super) fn check(raw: RawStore, checker: &mut Checker<'_>) -> Option<StoreConfig> {
     let kind_span = raw.kind.as_ref().map(Spanned::span);
-    let kind = match raw.kind.map(Spanned::into_inner).unwrap_or_default() {
+    let kind = match raw
+        .kind
+        .as_ref()
+        .map(|kind| *kind.get_ref())
+        .unwrap_or_default()
+    {
         RawStoreKind::File => {
-            if let Some(url) = &raw.url {
-                let kind = FieldErrorKind::StoreUrlWithoutPostgres;
-                checker.fail("store.url".into(), Some(url.span()), kind);
+            for (key, value) in [("url", &raw.url), ("ca_file", &raw.ca_file)] {
+                if let Some(value) = value {
+                    let kind = FieldErrorKind::PostgresOnlyKey { key };
+                    checker.fail(format!("store.{key}"), Some(value.span()), kind);
+                }
             }
             Some(StoreKind::File)
         }
-        RawStoreKind::Postgres => postgres_target(raw.url.as_ref(), kind_span, checker)
+        RawStoreKind::Postgres => postgres_target(&raw, kind_span, checker)
             .map(|target| StoreKind::Postgres(Box::new(target))),
     };
     let keys = keys(&raw.encryption_keys, checker);
@@ -145,11 +155,12 @@ fn key_from_file(
 
 /// The database of `kind = "postgres"`: the URL, completed from the libpq variables.
 fn postgres_target(
-    url: Option<&Spanned<String>>,
-    kind_span: Option<std::ops::Range<usize>>,
+    raw: &RawStore,
+    kind_span: Option<Range<usize>>,
     checker: &mut Checker<'_>,
 ) -> Option<PostgresTarget> {
-    let (mut config, sslmode_in_url) = match url {
+    let url = raw.url.as_ref();
+    let (mut config, url_sslmode) = match url {
         Some(url) => match parse_url(url.get_ref()) {
             Ok(parsed) => parsed,
             Err(kind) => {
@@ -157,35 +168,33 @@ fn postgres_target(
                 return None;
             }
         },
-        None if checker.env.var(PG_HOST).is_some() => (tokio_postgres::Config::new(), false),
+        None if checker.env.var(PG_HOST).is_some() => (tokio_postgres::Config::new(), None),
         None => {
             let kind = FieldErrorKind::PostgresUnconfigured;
             checker.fail("store.kind".into(), kind_span, kind);
             return None;
         }
     };
-    let span = url.map(Spanned::span).or(kind_span);
-    let key = if url.is_some() {
-        "store.url"
-    } else {
-        "store.kind"
+    let tls = tls(raw, url_sslmode.as_deref(), checker);
+    let (key, span) = match url {
+        Some(url) => ("store.url", Some(url.span())),
+        None => ("store.kind", kind_span),
     };
-    let completed = complete_from_env(&mut config, sslmode_in_url, checker.env);
-    let checked = completed.and_then(|()| match config.get_user() {
-        Some(_) => Ok(()),
-        None => Err(FieldErrorKind::PostgresUserMissing),
-    });
-    match checked {
-        Ok(()) => Some(PostgresTarget::new(config)),
-        Err(kind) => {
-            checker.fail(key.into(), span, kind);
-            None
-        }
+    let completed =
+        complete_from_env(&mut config, checker.env).and_then(|()| match config.get_user() {
+            Some(_) => Ok(()),
+            None => Err(FieldErrorKind::PostgresUserMissing),
+        });
+    if let Err(kind) = completed {
+        checker.fail(key.into(), span, kind);
+        return None;
     }
+    Some(PostgresTarget::new(config, tls?))
 }
 
-/// Parses a `postgres://` URL; also says whether it sets `sslmode` itself.
-fn parse_url(text: &str) -> Result<(tokio_postgres::Config, bool), FieldErrorKind> {
+/// Parses a `postgres://` URL; also returns its `sslmode`, which is taken out first since
+/// the driver knows only some of libpq's values.
+fn parse_url(text: &str) -> Result<(tokio_postgres::Config, Option<String>), FieldErrorKind> {
     // Neither parser's error is passed on: both may quote the URL, password and all.
     let url = url::Url::parse(text).map_err(|_| FieldErrorKind::InvalidPostgresUrl)?;
     if !matches!(url.scheme(), "postgres" | "postgresql") {
@@ -195,19 +204,65 @@ fn parse_url(text: &str) -> Result<(tokio_postgres::Config, bool), FieldErrorKin
         .query_pairs()
         .find(|(key, _)| key == "sslmode")
         .map(|(_, value)| value.into_owned());
-    if let Some(mode) = &sslmode {
-        ssl_mode(mode)?;
-    }
-    let config = text
+    let (base, query) = text.split_once('?').unwrap_or((text, ""));
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && !pair.starts_with("sslmode="))
+        .collect();
+    let without_sslmode = match rest.is_empty() {
+        true => base.to_owned(),
+        false => format!("{base}?{}", rest.join("&")),
+    };
+    let config = without_sslmode
         .parse::<tokio_postgres::Config>()
         .map_err(|_| FieldErrorKind::InvalidPostgresUrl)?;
-    Ok((config, sslmode.is_some()))
+    Ok((config, sslmode))
+}
+
+/// Whether the connection uses TLS, from the URL's `sslmode`, else `PGSSLMODE`; and the
+/// `ca_file`, which only a TLS connection can use. `None` when something is wrong.
+fn tls(
+    raw: &RawStore,
+    url_sslmode: Option<&str>,
+    checker: &mut Checker<'_>,
+) -> Option<Option<PostgresTls>> {
+    let (key, mode) = match (url_sslmode, checker.env.var(PG_SSLMODE)) {
+        (Some(mode), _) => ("store.url", mode.to_owned()),
+        (None, Some(mode)) => (PG_SSLMODE, mode.trim().to_owned()),
+        (None, None) => ("", "prefer".to_owned()),
+    };
+    let span = raw.url.as_ref().map(Spanned::span);
+    let Some(uses_tls) = sslmode_uses_tls(&mode) else {
+        let kind = FieldErrorKind::InvalidSslMode { mode };
+        checker.fail(key.into(), span, kind);
+        return None;
+    };
+    let ca_file = match &raw.ca_file {
+        Some(file) if !uses_tls => {
+            let kind = FieldErrorKind::CaFileWithoutTls;
+            checker.fail("store.ca_file".into(), Some(file.span()), kind);
+            return None;
+        }
+        Some(file) => Some(checker.readable_file("store.ca_file", file)?),
+        None => None,
+    };
+    Some(uses_tls.then_some(PostgresTls { ca_file }))
+}
+
+/// libpq's `sslmode` values: whether each means TLS; `None` for one libpq does not know.
+/// `disable`, `allow` and `prefer` connect without TLS; the others with TLS, always
+/// verifying the server's certificate.
+fn sslmode_uses_tls(mode: &str) -> Option<bool> {
+    match mode {
+        "disable" | "allow" | "prefer" => Some(false),
+        "require" | "verify-ca" | "verify-full" => Some(true),
+        _ => None,
+    }
 }
 
 /// Fills in, from the libpq variables, what the URL (if any) left out.
 fn complete_from_env(
     config: &mut tokio_postgres::Config,
-    sslmode_in_url: bool,
     env: &dyn Env,
 ) -> Result<(), FieldErrorKind> {
     if config.get_hosts().is_empty()
@@ -238,29 +293,7 @@ fn complete_from_env(
     {
         config.dbname(database);
     }
-    if !sslmode_in_url && let Some(mode) = env.var(PG_SSLMODE) {
-        let mode = ssl_mode(mode.trim()).map_err(|kind| match kind {
-            FieldErrorKind::InvalidPostgresUrl => {
-                FieldErrorKind::InvalidPostgresEnv { var: PG_SSLMODE }
-            }
-            other => other,
-        })?;
-        config.ssl_mode(mode);
-    }
     Ok(())
-}
-
-/// libpq's `sslmode` values, as far as a connection without TLS can honour them.
-fn ssl_mode(mode: &str) -> Result<tokio_postgres::config::SslMode, FieldErrorKind> {
-    use tokio_postgres::config::SslMode;
-    match mode {
-        "disable" => Ok(SslMode::Disable),
-        "allow" | "prefer" => Ok(SslMode::Prefer),
-        "require" | "verify-ca" | "verify-full" => Err(FieldErrorKind::PostgresTlsUnsupported {
-            mode: mode.to_owned(),
-        }),
-        _ => Err(FieldErrorKind::InvalidPostgresUrl),
-    }
 }
 
 #[cfg(test)]
@@ -388,20 +421,79 @@ mod tests {
         assert!(shown.contains("store.url: url only applies"), "{shown}");
     }
 
+    fn uses_tls(config: &Config) -> bool {
+        match &config.store.kind {
+            StoreKind::Postgres(target) => target.uses_tls(),
+            other => panic!("expected postgres, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn sslmode_require_is_refused_until_tls_is_supported() {
-        let shown = error(
-            "kind = \"postgres\"\nurl = \"postgres://gw@db/x?sslmode=require\"",
-            &[],
-        );
-        assert!(shown.contains("sslmode require needs TLS"), "{shown}");
-        let env = [
-            ("PGHOST", "db"),
-            ("PGUSER", "gw"),
-            ("PGSSLMODE", "verify-full"),
+    fn sslmode_require_and_verify_mean_tls_and_the_others_do_not() {
+        let modes = [
+            ("require", true),
+            ("verify-ca", true),
+            ("verify-full", true),
+            ("disable", false),
+            ("allow", false),
+            ("prefer", false),
         ];
+        for (mode, tls) in modes {
+            let url = format!("url = \"postgres://gw@db/x?connect_timeout=3&sslmode={mode}\"");
+            let config = load(&format!("kind = \"postgres\"\n{url}"), &[]).expect(mode);
+            assert_eq!(uses_tls(&config), tls, "{mode}");
+            let env = [("PGHOST", "db"), ("PGUSER", "gw"), ("PGSSLMODE", mode)];
+            let config = load("kind = \"postgres\"", &env).expect(mode);
+            assert_eq!(uses_tls(&config), tls, "PGSSLMODE={mode}");
+        }
+        let plain = load("kind = \"postgres\"\nurl = \"postgres://gw@db/x\"", &[]).expect("ok");
+        assert!(!uses_tls(&plain));
+    }
+
+    #[test]
+    fn the_url_sslmode_wins_over_pgsslmode() {
+        let env = [("PGSSLMODE", "require")];
+        let store = "kind = \"postgres\"\nurl = \"postgres://gw@db/x?sslmode=disable\"";
+        assert!(!uses_tls(&load(store, &env).expect("valid")));
+    }
+
+    #[test]
+    fn an_unknown_sslmode_is_named() {
+        let store = "kind = \"postgres\"\nurl = \"postgres://gw@db/x?sslmode=always\"";
+        let shown = error(store, &[]);
+        assert!(
+            shown.contains("store.url") && shown.contains("`always`"),
+            "{shown}"
+        );
+        let env = [("PGHOST", "db"), ("PGUSER", "gw"), ("PGSSLMODE", "always")];
         let shown = error("kind = \"postgres\"", &env);
-        assert!(shown.contains("sslmode verify-full needs TLS"), "{shown}");
+        assert!(
+            shown.contains("PGSSLMODE") && shown.contains("`always`"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn ca_file_needs_tls_and_the_postgres_kind_and_must_be_readable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").expect("write");
+        let ca_line = format!("ca_file = \"{}\"", ca.display());
+        let url = "url = \"postgres://gw@db/x?sslmode=require\"";
+        let tls = format!("kind = \"postgres\"\n{url}\n{ca_line}");
+        assert!(uses_tls(&load(&tls, &[]).expect("valid")));
+        let plain = format!("kind = \"postgres\"\nurl = \"postgres://gw@db/x\"\n{ca_line}");
+        assert!(error(&plain, &[]).contains("store.ca_file: ca_file needs sslmode"));
+        assert!(error(&ca_line, &[]).contains("store.ca_file: ca_file only applies"));
+        let missing = tls.replace("ca.pem", "missing.pem");
+        assert!(error(&missing, &[]).contains("store.ca_file: cannot read"));
+    }
+
+    #[test]
+    fn a_unix_socket_url_is_understood() {
+        let store = "kind = \"postgres\"\nurl = \"postgresql://gw@%2Frun%2Fpostgresql/tokens\"";
+        let config = load(store, &[]).expect("valid");
+        assert_eq!(postgres(&config), "gw@/run/postgresql:5432/tokens");
     }
 
     #[test]

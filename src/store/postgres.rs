@@ -23,21 +23,29 @@
 //!   connection must outlive whichever runtime first asked for it (start-up loads tokens on a
 //!   short-lived one). Queries can be awaited from any runtime.
 //!
-//! TLS is not supported yet: configuration refuses `sslmode=require`.
+//! - **TLS.** With `sslmode` `require`, `verify-ca` or `verify-full` the connection uses
+//!   rustls and the server's certificate is always verified, host name included, against
+//!   the Mozilla roots and the configured `ca_file`: stricter than libpq's `require`, which
+//!   checks nothing. Otherwise (`disable`, `prefer`) the connection is plain.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sealed::{Keyring, RecordKind};
 use super::{Slot, SlotLock, StoreError, StoredClient, StoredTokens, TokenStore};
@@ -65,15 +73,58 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE mcp_gateway_slots (
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct PostgresTarget {
     config: tokio_postgres::Config,
+    tls: Option<Tls>,
+}
+
+/// TLS to the database: the roots its certificate must chain to, besides Mozilla's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Tls {
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 impl PostgresTarget {
-    pub(crate) fn new(mut config: tokio_postgres::Config) -> Self {
+    pub(crate) fn new(mut config: tokio_postgres::Config, tls: Option<Tls>) -> Self {
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .keepalives_idle(Duration::from_secs(30))
             .application_name("mcp-u2m-gateway");
-        Self { config }
+        if tls.is_some() {
+            config.ssl_mode(SslMode::Require);
+        }
+        Self { config, tls }
+    }
+
+    pub(crate) fn uses_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The TLS connector, with the roots read now; `None` for a plain connection.
+    fn connector(&self) -> Result<Option<MakeRustlsConnect>, StoreError> {
+        let Some(tls) = &self.tls else {
+            return Ok(None);
+        };
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        if let Some(path) = &tls.ca_file {
+            let ca_error = |source| StoreError::CaFile {
+                path: path.clone(),
+                source,
+            };
+            for cert in CertificateDer::pem_file_iter(path).map_err(ca_error)? {
+                let cert = cert.map_err(ca_error)?;
+                roots
+                    .add(cert)
+                    .map_err(|source| StoreError::Tls { source })?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|source| StoreError::Tls { source })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Some(MakeRustlsConnect::new(config)))
     }
 
     /// `user@host:port/database`, for messages: no password, whatever the URL held.
@@ -93,8 +144,9 @@ impl PostgresTarget {
 
 impl fmt::Debug for PostgresTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("PostgresTarget")
-            .field(&self.describe())
+        f.debug_struct("PostgresTarget")
+            .field("target", &self.describe())
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -126,6 +178,7 @@ impl Health {
 /// Slots kept as rows of one PostgreSQL database.
 pub(crate) struct PostgresStore {
     target: PostgresTarget,
+    tls: Option<MakeRustlsConnect>,
     keyring: Keyring,
     health: Arc<Health>,
     /// The shared connection; `None` until first used and after it is lost.
@@ -138,6 +191,7 @@ impl fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresStore")
             .field("target", &self.target)
+            .field("tls", &self.target.uses_tls())
             .field("sealed", &!self.keyring.is_empty())
             .finish()
     }
@@ -163,6 +217,7 @@ impl PostgresStore {
             .build()
             .map_err(StoreError::Runtime)?;
         let store = Self {
+            tls: target.connector()?,
             health: Arc::new(Health {
                 target: target.describe(),
                 lost: AtomicBool::new(false),
@@ -206,15 +261,10 @@ impl PostgresStore {
     async fn connect(&self) -> Result<Client, StoreError> {
         let config = self.target.config.clone();
         let health = Arc::clone(&self.health);
-        let connecting = self.handle().spawn(async move {
-            let (client, connection) = config.connect(NoTls).await?;
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    health.lost(&error);
-                }
-            });
-            Ok::<_, tokio_postgres::Error>(client)
-        });
+        let connecting = match self.tls.clone() {
+            Some(tls) => self.handle().spawn(open_connection(config, tls, health)),
+            None => self.handle().spawn(open_connection(config, NoTls, health)),
+        };
         match tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting).await {
             Ok(Ok(Ok(client))) => {
                 self.health.connected();
@@ -507,6 +557,27 @@ struct HeldLock {
     _local: tokio::sync::OwnedMutexGuard<()>,
 }
 
+/// Connects, and drives the connection on the current runtime until it ends.
+async fn open_connection<T>(
+    config: tokio_postgres::Config,
+    tls: T,
+    health: Arc<Health>,
+) -> Result<Client, tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            health.lost(&error);
+        }
+    });
+    Ok(client)
+}
+
 /// A record as a query parameter. tokio-postgres logs parameters with `Debug` at debug
 /// level; this one prints nothing of the record, which may hold plain tokens.
 struct RecordText(String);
@@ -543,7 +614,7 @@ mod tests {
     use super::*;
 
     fn target(url: &str) -> PostgresTarget {
-        PostgresTarget::new(url.parse().expect("a connection url"))
+        PostgresTarget::new(url.parse().expect("a connection url"), None)
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! `scripts/install-test-deps.sh` installs it. PostgreSQL refuses to run as root, so a test
 //! running as root runs both as the `postgres` system user, with the directory handed to it.
 //! The server requires a password (SCRAM) over TCP, as a real deployment would.
+//! [`TestPostgres::start_with_tls`] also serves TLS, with a certificate for `127.0.0.1` and
+//! `localhost` from a private CA made by `rcgen`.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,12 +31,22 @@ pub struct TestPostgres {
     /// The uid and gid to run the server as, when this test runs as root.
     run_as: Option<(u32, u32)>,
     server: Option<Child>,
+    tls: bool,
 }
 
 impl TestPostgres {
     /// Creates a cluster and starts it; panics, saying what to install, when PostgreSQL is
     /// not there.
     pub fn start() -> Self {
+        Self::start_as(false)
+    }
+
+    /// Like [`TestPostgres::start`], serving TLS too; [`TestPostgres::ca_file`] is its CA.
+    pub fn start_with_tls() -> Self {
+        Self::start_as(true)
+    }
+
+    fn start_as(tls: bool) -> Self {
         let bin = find_bin();
         let dir = tempfile::tempdir().expect("tempdir");
         let run_as = running_as_root(dir.path()).then(postgres_user);
@@ -44,10 +56,19 @@ impl TestPostgres {
             port: free_port(),
             run_as,
             server: None,
+            tls,
         };
         server.init();
+        if tls {
+            server.write_certificates();
+        }
         server.launch();
         server
+    }
+
+    /// The PEM file of the CA that signed the server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     /// `postgres://gateway:…@127.0.0.1:PORT/postgres`, password included.
@@ -127,8 +148,40 @@ impl TestPostgres {
         );
     }
 
+    /// A private CA and a server certificate it signed, where the server reads them.
+    fn write_certificates(&self) {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().expect("ca key");
+        let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let leaf_params = rcgen::CertificateParams::new(names).expect("params");
+        let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+        let leaf = leaf_params
+            .signed_by(&leaf_key, &issuer)
+            .expect("leaf cert");
+        std::fs::write(self.ca_file(), ca.pem()).expect("write ca");
+        let cert = self.data().join("server.crt");
+        let key = self.data().join("server.key");
+        std::fs::write(&cert, leaf.pem()).expect("write cert");
+        std::fs::write(&key, leaf_key.serialize_pem()).expect("write key");
+        // The server refuses a key file that others can read.
+        let private = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(&key, private).expect("chmod key");
+        if let Some((uid, gid)) = self.run_as {
+            for path in [&cert, &key] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to postgres");
+            }
+        }
+    }
+
     fn launch(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("server.log")).expect("log file");
+        let tls: &[&str] = match self.tls {
+            true => &["-c", "ssl=on"],
+            false => &[],
+        };
         let server = self
             .command("postgres")
             .arg("-D")
@@ -136,6 +189,7 @@ impl TestPostgres {
             .arg("-k")
             .arg(self.dir.path())
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(tls)
             .args(["-p", &self.port.to_string()])
             .stdout(Stdio::null())
             .stderr(log)
