@@ -22,7 +22,6 @@
 //! - **Runtime.** Connections are driven by a small runtime of the store's own, since a
 //!   connection must outlive whichever runtime first asked for it (start-up loads tokens on a
 //!   short-lived one). Queries can be awaited from any runtime.
-//!
 //! - **TLS.** With `sslmode` `require`, `verify-ca` or `verify-full` the connection uses
 //!   rustls and the server's certificate is always verified, host name included, against
 //!   the Mozilla roots and the configured `ca_file`: stricter than libpq's `require`, which
@@ -56,6 +55,8 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for a slot lock: another replica holds it only for one token request.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long start-up waits for the schema to be brought up to date.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// The advisory lock key that serialises migrations ("mcpgwmig" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6d63_7067_776d_6967;
 
@@ -184,6 +185,8 @@ pub(crate) struct PostgresStore {
     /// The shared connection; `None` until first used and after it is lost.
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
     local_locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where connections are driven; `runtime` owns it and is taken only by drop.
+    handle: tokio::runtime::Handle,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -226,23 +229,25 @@ impl PostgresStore {
             keyring,
             client: tokio::sync::Mutex::new(None),
             local_locks: parking_lot::Mutex::new(HashMap::new()),
+            handle: runtime.handle().clone(),
             runtime: Some(runtime),
         };
         // A thread of its own, since blocking on a runtime is refused inside another one.
-        let handle = store.handle();
-        let migrate = store.migrate();
+        let handle = store.handle.clone();
+        let migrate = async {
+            // Another replica may hold the migration lock; it never needs this long.
+            match tokio::time::timeout(MIGRATION_TIMEOUT, store.migrate()).await {
+                Ok(migrated) => migrated,
+                Err(_) => Err(StoreError::TimedOut {
+                    target: store.target_name(),
+                    secs: MIGRATION_TIMEOUT.as_secs(),
+                }),
+            }
+        };
         let migrated = std::thread::scope(|scope| scope.spawn(|| handle.block_on(migrate)).join());
         match migrated {
             Ok(result) => result.map(|()| store),
             Err(panic) => std::panic::resume_unwind(panic),
-        }
-    }
-
-    /// The store's own runtime, which exists from `open` until drop.
-    fn handle(&self) -> tokio::runtime::Handle {
-        match &self.runtime {
-            Some(runtime) => runtime.handle().clone(),
-            None => unreachable!("the runtime is taken only by drop"),
         }
     }
 
@@ -262,8 +267,8 @@ impl PostgresStore {
         let config = self.target.config.clone();
         let health = Arc::clone(&self.health);
         let connecting = match self.tls.clone() {
-            Some(tls) => self.handle().spawn(open_connection(config, tls, health)),
-            None => self.handle().spawn(open_connection(config, NoTls, health)),
+            Some(tls) => self.handle.spawn(open_connection(config, tls, health)),
+            None => self.handle.spawn(open_connection(config, NoTls, health)),
         };
         match tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting).await {
             Ok(Ok(Ok(client))) => {
@@ -275,7 +280,7 @@ impl PostgresStore {
                 Err(self.classify("connect", source))
             }
             Ok(Err(joined)) if joined.is_panic() => std::panic::resume_unwind(joined.into_panic()),
-            // Cancelled: the store is being dropped.
+            // No answer in time, or the task was cancelled because the store is being dropped.
             Ok(Err(_)) | Err(_) => Err(self.timed_out()),
         }
     }
