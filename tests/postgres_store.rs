@@ -538,6 +538,58 @@ async fn no_password_key_or_token_leaks_and_an_outage_is_logged_once() {
     }
 }
 
+/// Whatever `error` says, its causes included.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    chain
+}
+
+/// Binds a gateway with one OAuth route on `store`, expecting it to fail; returns the error.
+fn refused_start(store: &str, upstream: &MockUpstream) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[store]\n{store}\ndir = \"store\"\n[[routes]]\nname = \"up\"\nprefix = \"/up\"\n\
+             upstream = \"{}\"\n",
+            upstream.base_url()
+        ),
+    )
+    .expect("config");
+    let config = mcp_u2m_gateway::Config::load(Some(&path)).expect("valid config");
+    match mcp_u2m_gateway::Gateway::bind(config) {
+        Ok(_) => panic!("the gateway started"),
+        Err(error) => chain(&error),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_does_not_start_on_an_unreachable_database_and_says_so_without_the_password() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    // A port nothing listens on: taken, then let go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!(
+        "postgres://gateway:{}@127.0.0.1:{port}/postgres",
+        postgres::PASSWORD
+    );
+    let error = refused_start(&format!("kind = \"postgres\"\nurl = \"{url}\""), &upstream);
+    assert!(error.contains("cannot open the token store"), "{error}");
+    assert!(
+        error.contains(&format!("gateway@127.0.0.1:{port}/postgres is unreachable")),
+        "{error}"
+    );
+    assert!(!error.contains(postgres::PASSWORD), "{error}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sslmode_require_connects_over_tls_and_refuses_an_unknown_certificate() {
     let db = TestPostgres::start_with_tls();
@@ -573,27 +625,7 @@ async fn sslmode_require_connects_over_tls_and_refuses_an_unknown_certificate() 
     );
 
     // Without the CA that signed it, the server's certificate is refused at start.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[store]\nkind = \"postgres\"\nurl = \"{url}\"\ndir = \"store\"\n[[routes]]\n\
-             name = \"up\"\nprefix = \"/up\"\nupstream = \"{}\"\n",
-            upstream.base_url()
-        ),
-    )
-    .expect("config");
-    let config = mcp_u2m_gateway::Config::load(Some(&path)).expect("valid config");
-    let Err(error) = mcp_u2m_gateway::Gateway::bind(config) else {
-        panic!("a gateway started on a database whose certificate it cannot verify");
-    };
-    let mut chain = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        chain.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
+    let chain = refused_start(&format!("kind = \"postgres\"\nurl = \"{url}\""), &upstream);
     assert!(chain.contains("certificate"), "{chain}");
     assert!(!chain.contains(postgres::PASSWORD), "{chain}");
 }
