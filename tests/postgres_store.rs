@@ -329,9 +329,22 @@ async fn sealed_rows_hide_tokens_name_a_missing_key_and_rotate_to_the_first_key(
         .expect("refresh");
     assert_eq!(refreshed.status(), 200);
     assert_eq!(stored_tokens(&db).await["key_id"], "k2");
+    let client: Value = serde_json::from_str(rows(&db).await[0].2.as_deref().expect("client"))
+        .expect("client json");
+    assert_eq!(
+        client["key_id"], "k2",
+        "the registration moved to the new key too"
+    );
 
-    // The old key can go now.
+    // The old key can go now: the replica serves, and refreshes with the stored client.
     let new_only = replica(on(&db, &keys(keydir.path(), &[("k2", 2)])));
+    assert_eq!(get(&new_only).await, 200);
+    let refreshed = browser()
+        .post(format!("{}/admin/api/routes/up/refresh", new_only.url()))
+        .send()
+        .await
+        .expect("refresh");
+    assert_eq!(refreshed.status(), 200);
     assert_eq!(get(&new_only).await, 200);
     let newest = oauth
         .issued_access_tokens()

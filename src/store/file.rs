@@ -21,7 +21,8 @@
 //! - With `[store] encryption_keys`, each record is sealed by the [`Keyring`] (see
 //!   [`super::sealed`]). A sealed record that does not open (its key is not configured, or it
 //!   was altered) is reported and left where it is: it is not corrupt, the configuration is
-//!   what needs fixing, and keeping it aside would lose a good sign-in.
+//!   what needs fixing, and keeping it aside would lose a good sign-in. Saving tokens also
+//!   moves the client registration to the current key (it is otherwise rarely written).
 //!
 //! The OAuth flow and the refresher reach it through [`TokenStore`]; every file operation runs
 //! on tokio's blocking pool.
@@ -100,6 +101,27 @@ impl FileStore {
         }
     }
 
+    /// Moves the slot's client registration to the current key when it is under another:
+    /// it is rewritten only when a client registers, so without this an old key could never
+    /// be retired. Best effort: on failure the file stays readable under its old key.
+    async fn reseal_client(&self, slot: &Slot) {
+        if self.keyring.is_empty() {
+            return;
+        }
+        let path = self.client_path(slot);
+        let sealing = Sealing {
+            keyring: Arc::clone(&self.keyring),
+            slot_hash: slot.hash(),
+            kind: RecordKind::Client,
+        };
+        let dir = self.dir.clone();
+        let resealed = blocking(&self.dir, move || reseal_file(&dir, &path, &sealing)).await;
+        if let Err(error) = resealed {
+            tracing::warn!(route = %slot.route, %error,
+                "client registration not moved to the current store key; its old key still opens it");
+        }
+    }
+
     fn local_lock(&self, hash: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.local_locks.lock();
 
@@ -148,7 +170,9 @@ impl TokenStore for FileStore {
     }
 
     async fn save_tokens(&self, slot: &Slot, tokens: &StoredTokens) -> Result<(), StoreError> {
-        self.save(slot, RecordKind::Tokens, tokens).await
+        self.save(slot, RecordKind::Tokens, tokens).await?;
+        self.reseal_client(slot).await;
+        Ok(())
     }
 
     async fn load_client(&self, slot: &Slot) -> Result<Option<StoredClient>, StoreError> {
@@ -375,6 +399,28 @@ fn identity(path: &Path) -> Result<Option<FileIdentity>, StoreError> {
         Err(error) if error.kind() == ErrorKind::NotFound => Ok(None),
         Err(error) => Err(io_error(path)(error)),
     }
+}
+
+/// Rewrites the record at `path` under the current key if it is under another.
+fn reseal_file(dir: &Path, path: &Path, sealing: &Sealing) -> Result<(), StoreError> {
+    let Some((bytes, read)) = read_private(path)? else {
+        return Ok(());
+    };
+    let resealed = sealing
+        .keyring
+        .reseal(&sealing.slot_hash, sealing.kind, &bytes)
+        .map_err(|source| StoreError::sealed(path.display().to_string(), source))?;
+    let Some(resealed) = resealed else {
+        return Ok(());
+    };
+
+    // Only over the file that was read: a registration renamed into place meanwhile is newer.
+    // (One renamed in the instant between this check and our rename would be replaced; the
+    // next refresh would then be refused and the route ask for a sign-in.)
+    if identity(path)? != Some(read) {
+        return Ok(());
+    }
+    write_record(dir, path, &resealed)
 }
 
 fn write_record(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
@@ -841,6 +887,37 @@ mod tests {
         assert!(on_disk.contains("\"k2\""), "{on_disk}");
         let only_new = sealed_store(plain.dir(), &[("k2", 2)]);
         assert!(only_new.load_tokens(&slot()).await.expect("load").is_some());
+    }
+
+    #[tokio::test]
+    async fn saving_tokens_moves_the_client_registration_to_the_current_key() {
+        let (_root, plain) = store();
+        let client: StoredClient = serde_json::from_value(
+            serde_json::json!({"client_id": "cid", "client_secret": "cs-SECRET"}),
+        )
+        .expect("client");
+        sealed_store(plain.dir(), &[("k1", 1)])
+            .save_client(&slot(), &client)
+            .await
+            .expect("save");
+        let rotated = sealed_store(plain.dir(), &[("k2", 2), ("k1", 1)]);
+        rotated
+            .save_tokens(&slot(), &tokens("a"))
+            .await
+            .expect("save");
+        let on_disk = fs::read_to_string(plain.client_path(&slot())).expect("read");
+        assert!(
+            on_disk.contains("\"k2\"") && !on_disk.contains("SECRET"),
+            "{on_disk}"
+        );
+        assert_eq!(mode(&plain.client_path(&slot())), 0o600);
+        let only_new = sealed_store(plain.dir(), &[("k2", 2)]);
+        let loaded = only_new
+            .load_client(&slot())
+            .await
+            .expect("load")
+            .expect("client");
+        assert_eq!(loaded.client_id, "cid");
     }
 
     #[tokio::test]

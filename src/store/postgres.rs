@@ -4,7 +4,8 @@
 //! Table `mcp_gateway_slots` holds, per [`Slot::hash`], the route's name (for people reading
 //! the table), the tokens record, the client registration record and when the row last
 //! changed. Records are the same JSON the file store writes, sealed the same way when keys are
-//! configured ([`Keyring`]), kept as `jsonb`.
+//! configured ([`Keyring`]), kept as `jsonb`; saving tokens also moves the client record to
+//! the current key, only if the row still holds the record that was read.
 //!
 //! - **Schema.** [`PostgresStore::open`] applies the numbered [`MIGRATIONS`] that table
 //!   `mcp_gateway_schema_version` does not list yet, in order, in one transaction that first
@@ -420,23 +421,28 @@ impl PostgresStore {
         )
     }
 
-    async fn load<T: DeserializeOwned>(
-        &self,
-        slot: &Slot,
-        kind: RecordKind,
-    ) -> Result<Option<T>, StoreError> {
-        let hash = slot.hash();
+    /// The record as stored (sealed or not), when the slot has one.
+    async fn load_text(&self, hash: &str, kind: RecordKind) -> Result<Option<String>, StoreError> {
         let query = match kind {
             RecordKind::Tokens => "SELECT tokens::text FROM mcp_gateway_slots WHERE slot_hash = $1",
             RecordKind::Client => "SELECT client::text FROM mcp_gateway_slots WHERE slot_hash = $1",
         };
         let row = self
             .run("read a slot", |client| {
-                let hash = hash.clone();
+                let hash = hash.to_owned();
                 async move { client.query_opt(query, &[&hash]).await }
             })
             .await?;
-        let Some(text) = row.and_then(|row| row.get::<_, Option<String>>(0)) else {
+        Ok(row.and_then(|row| row.get::<_, Option<String>>(0)))
+    }
+
+    async fn load<T: DeserializeOwned>(
+        &self,
+        slot: &Slot,
+        kind: RecordKind,
+    ) -> Result<Option<T>, StoreError> {
+        let hash = slot.hash();
+        let Some(text) = self.load_text(&hash, kind).await? else {
             return Ok(None);
         };
         let record = || self.record_name(slot, kind);
@@ -450,6 +456,56 @@ impl PostgresStore {
                 record: record(),
                 reason: super::describe(&error),
             })
+    }
+
+    /// Moves the slot's client registration to the current key when it is under another:
+    /// it is rewritten only when a client registers, so without this an old key could never
+    /// be retired. Best effort: on failure the record stays readable under its old key.
+    async fn reseal_client(&self, slot: &Slot) {
+        if self.keyring.is_empty() {
+            return;
+        }
+        if let Err(error) = self.try_reseal_client(slot).await {
+            tracing::warn!(route = %slot.route, %error,
+                "client registration not moved to the current store key; its old key still opens it");
+        }
+    }
+
+    async fn try_reseal_client(&self, slot: &Slot) -> Result<(), StoreError> {
+        let hash = slot.hash();
+        let Some(text) = self.load_text(&hash, RecordKind::Client).await? else {
+            return Ok(());
+        };
+        let resealed = self
+            .keyring
+            .reseal(&hash, RecordKind::Client, text.as_bytes())
+            .map_err(|source| {
+                StoreError::sealed(self.record_name(slot, RecordKind::Client), source)
+            })?;
+        let Some(resealed) = resealed else {
+            return Ok(());
+        };
+        let resealed = String::from_utf8_lossy(&resealed).into_owned();
+
+        // Only over the record that was read: a registration written meanwhile is newer.
+        self.run("reseal a client registration", |client| {
+            let params = (
+                hash.clone(),
+                RecordText(resealed.clone()),
+                RecordText(text.clone()),
+            );
+            async move {
+                client
+                    .execute(
+                        "UPDATE mcp_gateway_slots SET client = $2::text::jsonb, updated_at = now()
+                         WHERE slot_hash = $1 AND client = $3::text::jsonb",
+                        &[&params.0, &params.1, &params.2],
+                    )
+                    .await
+            }
+        })
+        .await
+        .map(drop)
     }
 
     async fn save<T: Serialize>(
@@ -508,7 +564,9 @@ impl TokenStore for PostgresStore {
     }
 
     async fn save_tokens(&self, slot: &Slot, tokens: &StoredTokens) -> Result<(), StoreError> {
-        self.save(slot, RecordKind::Tokens, tokens).await
+        self.save(slot, RecordKind::Tokens, tokens).await?;
+        self.reseal_client(slot).await;
+        Ok(())
     }
 
     async fn load_client(&self, slot: &Slot) -> Result<Option<StoredClient>, StoreError> {

@@ -14,7 +14,9 @@
 //! and the record's kind are the associated data, so a record copied to another slot, or a
 //! client record put in place of a tokens record, does not open. Every configured key opens:
 //! a record sealed under an older key still reads, and is sealed under the first key when
-//! next written, which is how keys are rotated. A plain record read while keys are set also
+//! next written, which is how keys are rotated. A client registration is written only when a
+//! client registers, so the stores [`Keyring::reseal`] it whenever they write the slot's
+//! tokens. A plain record read while keys are set also
 //! reads (that is how a store starts being encrypted) and is sealed when next written.
 
 use std::borrow::Cow;
@@ -175,6 +177,33 @@ impl Keyring {
         })
     }
 
+    /// `stored` sealed under the first key, when keys are configured and it is sealed under
+    /// another key or not at all; `None` when it needs nothing (or is not JSON, which its
+    /// next reader reports). This is how a record that is read but rarely written (a client
+    /// registration) moves to the current key.
+    pub(crate) fn reseal(
+        &self,
+        slot_hash: &str,
+        kind: RecordKind,
+        stored: &[u8],
+    ) -> Result<Option<Vec<u8>>, SealError> {
+        let Some(current) = self.keys.first() else {
+            return Ok(None);
+        };
+        let sealed_under = serde_json::from_slice::<Envelope>(stored)
+            .ok()
+            .map(|envelope| envelope.key_id);
+        if sealed_under.as_deref() == Some(current.id.as_str()) {
+            return Ok(None);
+        }
+        let plain = self.open(slot_hash, kind, stored)?;
+        let Ok(record) = serde_json::from_slice::<serde_json::Value>(&plain) else {
+            return Ok(None);
+        };
+        // Serialising a value that was just parsed cannot fail.
+        Ok(self.seal(slot_hash, kind, &record).ok())
+    }
+
     /// The record's plain JSON: `stored` itself when it is not sealed, else what it opens to.
     /// A stored text that is not JSON at all comes back as it is, for the caller to report.
     pub(crate) fn open<'a>(
@@ -327,6 +356,47 @@ mod tests {
         assert!(String::from_utf8_lossy(&resealed).contains(r#""key_id": "k2""#));
         let missing = old.open(SLOT, RecordKind::Client, &resealed);
         assert!(matches!(missing, Err(SealError::MissingKey { key_id }) if key_id == "k2"));
+    }
+
+    #[test]
+    fn reseal_moves_old_and_plain_records_to_the_first_key_and_leaves_current_ones() {
+        let old = Keyring::new(vec![key("k1", 1)]);
+        let rotated = Keyring::new(vec![key("k2", 2), key("k1", 1)]);
+        let under_old = old.seal(SLOT, RecordKind::Client, &record()).expect("seal");
+        let resealed = rotated
+            .reseal(SLOT, RecordKind::Client, &under_old)
+            .expect("opens")
+            .expect("needs resealing");
+        assert!(String::from_utf8_lossy(&resealed).contains(r#""key_id": "k2""#));
+        let only_new = Keyring::new(vec![key("k2", 2)]);
+        assert_eq!(
+            opened(&only_new, SLOT, RecordKind::Client, &resealed),
+            record()
+        );
+        assert!(
+            rotated
+                .reseal(SLOT, RecordKind::Client, &resealed)
+                .expect("ok")
+                .is_none()
+        );
+
+        let plain = serde_json::to_vec(&record()).expect("json");
+        let sealed = rotated
+            .reseal(SLOT, RecordKind::Client, &plain)
+            .expect("ok");
+        assert!(sealed.is_some_and(|bytes| !String::from_utf8_lossy(&bytes).contains("SECRET")));
+        assert!(
+            Keyring::default()
+                .reseal(SLOT, RecordKind::Client, &under_old)
+                .expect("ok")
+                .is_none()
+        );
+        assert!(
+            rotated
+                .reseal(SLOT, RecordKind::Client, b"{\"broken")
+                .expect("ok")
+                .is_none()
+        );
     }
 
     #[test]
