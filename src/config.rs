@@ -17,6 +17,7 @@ mod location;
 mod oauth;
 mod raw;
 mod routes;
+mod store;
 mod validate;
 
 use std::fmt;
@@ -140,12 +141,18 @@ pub(crate) struct AdminConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoreConfig {
     pub(crate) kind: StoreKind,
+    /// The file store's directory; with any kind, where the upgrade socket lives by default.
     pub(crate) dir: PathBuf,
+    /// `encryption_keys`, read and checked: the first seals, all open. Empty: records stay
+    /// plain JSON.
+    pub(crate) keys: Vec<crate::store::StoreKey>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum StoreKind {
     File,
+    /// Rows of a PostgreSQL database, shared by replicas.
+    Postgres(Box<crate::store::PostgresTarget>),
 }
 
 /// The transport the route's upstream speaks.
@@ -545,6 +552,56 @@ pub(crate) enum FieldErrorKind {
     /// Only the variable's name is shown, never a value.
     #[error("environment variable {var} is not set or is empty")]
     TokenEnvUnset { var: String },
+
+    #[error("{key} only applies to kind = \"postgres\"")]
+    PostgresOnlyKey { key: &'static str },
+
+    #[error(
+        "kind = \"postgres\" needs a database: set url = \"postgres://USER@HOST:PORT/DATABASE\" \
+         (the password may come from PGPASSWORD), or set PGHOST, PGPORT, PGUSER, PGPASSWORD and \
+         PGDATABASE in the environment"
+    )]
+    PostgresUnconfigured,
+
+    /// The value is never echoed: it may hold a password.
+    #[error(
+        "is not a PostgreSQL connection URL like postgres://USER@HOST:PORT/DATABASE?sslmode=disable \
+         (check the scheme, the port, percent-encoding and the sslmode value)"
+    )]
+    InvalidPostgresUrl,
+
+    #[error("environment variable {var} has a value that is not valid for it")]
+    InvalidPostgresEnv { var: &'static str },
+
+    #[error("no database user: put one in url (postgres://USER@…), or set PGUSER")]
+    PostgresUserMissing,
+
+    #[error(
+        "sslmode `{mode}` is not one of disable, allow, prefer, require, verify-ca, verify-full"
+    )]
+    InvalidSslMode { mode: String },
+
+    #[error("ca_file needs sslmode require, verify-ca or verify-full: without TLS it is unused")]
+    CaFileWithoutTls,
+
+    #[error("encryption key `{id}` needs exactly one of env or file")]
+    StoreKeySourceCount { id: String },
+
+    #[error(
+        "encryption key id `{id}` must be 1 to 64 characters of A-Z, a-z, 0-9, `_`, `-` and `.`"
+    )]
+    InvalidStoreKeyId { id: String },
+
+    #[error("encryption key id `{id}` is listed more than once")]
+    DuplicateStoreKey { id: String },
+
+    /// The key's text is never shown.
+    #[error("encryption key `{id}` is not usable")]
+    InvalidStoreKey {
+        id: String,
+        #[source]
+        source: crate::store::KeyError,
+    },
 
     #[error("`{name}` is not a valid HTTP header name")]
     InvalidHeaderName { name: String },

@@ -27,7 +27,7 @@ use pingora::services::listening::Service;
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use url::Url;
 
-use crate::config::{BearerSource, Config, RouteAuth, RouteConfig};
+use crate::config::{BearerSource, Config, RouteAuth, RouteConfig, StoreKind};
 use crate::control::admin::AdminAuth;
 use crate::metrics::Metrics;
 use crate::oauth::OAuthRoute;
@@ -37,7 +37,7 @@ use crate::proxy::downstream::{HeaderGuard, HeaderLimits};
 use crate::proxy::inbound::Inbound;
 use crate::proxy::upstream::{Timeouts, Upstream};
 use crate::route::{Route, RouteTable};
-use crate::store::{FileStore, TokenStore};
+use crate::store::{FileStore, Keyring, PostgresStore, TokenStore};
 use crate::token::{NoToken, StaticToken, TokenError, TokenSource};
 
 pub(crate) mod reload;
@@ -666,9 +666,22 @@ fn same_oauth_slot(before: &RouteConfig, after: &RouteConfig) -> bool {
 }
 
 fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StartError> {
-    let store = FileStore::new(config.store.dir.clone()).map_err(StartError::Store)?;
-    tracing::info!(dir = %store.dir().display(), "token store");
-    Ok(Arc::new(store))
+    let keyring = Keyring::new(config.store.keys.clone());
+    let sealed = !keyring.is_empty();
+    match &config.store.kind {
+        StoreKind::File => {
+            let store =
+                FileStore::new(config.store.dir.clone(), keyring).map_err(StartError::Store)?;
+            tracing::info!(dir = %store.dir().display(), sealed, "token store");
+            Ok(Arc::new(store))
+        }
+        StoreKind::Postgres(target) => {
+            let store =
+                PostgresStore::open((**target).clone(), keyring).map_err(StartError::Store)?;
+            tracing::info!(database = %target.describe(), sealed, "token store");
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// The client for discovery, registration and token requests of one route: it trusts the

@@ -8,11 +8,15 @@
 //!
 //! [`TokenStore`] is what those callers see; [`FileStore`] keeps slots as JSON files in a
 //! private directory, in the layout of the Python proxy this gateway replaces, so sign-ins made
-//! there keep working. Records read from disk accept that proxy's older shapes (an ISO-8601
+//! there keep working; [`PostgresStore`] keeps them as rows of a PostgreSQL database that
+//! several gateway replicas share. Either seals its records when `[store] encryption_keys` is
+//! set ([`Keyring`]). Records read from disk accept that proxy's older shapes (an ISO-8601
 //! `expires_at`, a registration response with fields of its own) and are always written back in
 //! the current one.
 
 mod file;
+mod postgres;
+mod sealed;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -27,6 +31,9 @@ use crate::secret::Secret;
 use crate::token::AccessToken;
 
 pub(crate) use file::FileStore;
+pub(crate) use postgres::{PostgresStore, PostgresTarget, Tls as PostgresTls};
+pub use sealed::{KeyError, SealError};
+pub(crate) use sealed::{KeyMaterial, Keyring, StoreKey};
 
 /// Which slot: a route's upstream and, in per-user mode, whose tokens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -208,6 +215,27 @@ fn parse_iso8601(text: &str) -> Option<f64> {
     Some(moment.unix_timestamp_nanos() as f64 / 1e9)
 }
 
+/// Why a record did not parse, without quoting it: its values may be tokens.
+pub(crate) fn describe(error: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+
+    let at = format!("line {} column {}", error.line(), error.column());
+    match error.classify() {
+        Category::Eof => format!("it ends early, at {at}"),
+        Category::Syntax => format!("it is not valid JSON, at {at}"),
+        Category::Io => "it could not be read".to_owned(),
+        Category::Data => {
+            // serde's own words name the field for these two and quote no value.
+            let message = error.to_string();
+            if message.starts_with("missing field") || message.starts_with("duplicate field") {
+                message
+            } else {
+                format!("a field has a value of the wrong type, at {at}")
+            }
+        }
+    }
+}
+
 /// A slot's OAuth client, from dynamic client registration (RFC 7591).
 ///
 /// `Debug` shows the client id and the names of the other fields, never their values (a
@@ -271,12 +299,87 @@ pub enum StoreError {
          run `chmod 700 {path}` and start again"
     )]
     InsecureDirectory { path: PathBuf, mode: u32 },
-    #[error("cannot serialise the record for {path}")]
+    #[error("cannot serialise the record for {record}")]
     Serialize {
-        path: PathBuf,
+        record: String,
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "token store record {record} is sealed with encryption key `{key_id}`, which is not \
+         configured: add that key to [store] encryption_keys"
+    )]
+    KeyMissing { record: String, key_id: String },
+    #[error(
+        "token store record {record} cannot be opened; check [store] encryption_keys, or sign \
+         in again to replace it"
+    )]
+    Unsealable {
+        record: String,
+        #[source]
+        source: SealError,
+    },
+    #[error("token store record {record} is unreadable ({reason}); this slot needs a new sign-in")]
+    Unreadable { record: String, reason: String },
+    #[error("token store database {target} is unreachable; the next use connects again")]
+    Unreachable {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "token store database {target} did not answer within {secs} s; check that it runs \
+         (the next use tries again)"
+    )]
+    TimedOut { target: String, secs: u64 },
+    #[error(
+        "token store database {target} has schema version {found}, newer than this gateway \
+         knows ({known}); run the newer gateway, or point this one at another database"
+    )]
+    SchemaTooNew {
+        target: String,
+        found: i32,
+        known: i32,
+    },
+    #[error("cannot read the token store database's CA file {path}")]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("cannot set up TLS for the token store database")]
+    Tls {
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("cannot start the token store's connection runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("token store database {target} refused to {action}")]
+    Database {
+        target: String,
+        action: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl StoreError {
+    /// A sealed record that did not open: a missing key gets a variant of its own, whose
+    /// message says which key to configure.
+    pub(crate) fn sealed(record: String, source: SealError) -> Self {
+        match source {
+            SealError::MissingKey { key_id } => StoreError::KeyMissing { record, key_id },
+            source => StoreError::Unsealable { record, source },
+        }
+    }
+
+    /// Whether the store could not be reached at all, rather than refusing or failing.
+    pub(crate) fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unreachable { .. } | StoreError::TimedOut { .. }
+        )
+    }
 }
 
 /// An exclusive hold on one slot, across every process sharing the store; released on drop.

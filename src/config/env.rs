@@ -127,6 +127,7 @@ pub(super) fn single_upstream(env: &dyn Env) -> Result<Config, Vec<FieldError>> 
                 store: StoreConfig {
                     kind: StoreKind::File,
                     dir,
+                    keys: Vec::new(),
                 },
                 admin: AdminConfig {
                     listen: None,

@@ -77,9 +77,14 @@ pub(super) struct RawAdmin {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStore {
-    #[serde(default)]
-    pub(super) kind: RawStoreKind,
+    pub(super) kind: Option<Spanned<RawStoreKind>>,
     pub(super) dir: Option<Spanned<String>>,
+    /// Only for `kind = "postgres"`; it may hold a password, so it is never echoed.
+    pub(super) url: Option<Spanned<String>>,
+    /// Only for `kind = "postgres"` over TLS: extra roots for the database's certificate.
+    pub(super) ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) encryption_keys: Vec<Spanned<RawStoreKey>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -87,6 +92,16 @@ pub(super) struct RawStore {
 pub(super) enum RawStoreKind {
     #[default]
     File,
+    Postgres,
+}
+
+/// One of `[store] encryption_keys`: an id and where its material is (never inline).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStoreKey {
+    pub(super) id: Spanned<String>,
+    pub(super) env: Option<Spanned<String>>,
+    pub(super) file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

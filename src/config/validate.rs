@@ -1,6 +1,6 @@
-//! Raw → validated: the `[server]` and `[store]` sections, the environment overlay, and
+//! Raw → validated: the `[server]` section, the environment overlay, and
 //! the [`Checker`] that collects every broken rule with its key path and position.
-//! Routes are checked in [`super::routes`].
+//! Routes are checked in [`super::routes`], the store in [`super::store`].
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
@@ -12,10 +12,9 @@ use url::Url;
 
 use super::env::{self, Env};
 use super::location::SourceFile;
-use super::raw::{RawConfig, RawServer, RawStore, RawStoreKind, RawTls};
+use super::raw::{RawConfig, RawServer, RawTls};
 use super::{
-    ApiKeyHash, Config, ConfigSource, FieldError, FieldErrorKind, ServerConfig, StoreConfig,
-    StoreKind, TlsConfig, routes,
+    ApiKeyHash, Config, ConfigSource, FieldError, FieldErrorKind, ServerConfig, TlsConfig, routes,
 };
 
 pub(super) const DEFAULT_STORE_DIR: &str = "~/.mcp/auth";
@@ -127,7 +126,7 @@ pub(super) fn file_config(
     let route_keys = raw.routes.iter().any(|route| !route.api_keys.is_empty());
     let default_principal = raw.server.principal.clone();
     let server = server(raw.server, route_keys, &mut checker);
-    let store = store(raw.store, &mut checker);
+    let store = super::store::check(raw.store, &mut checker);
     let admin = super::admin::check(raw.admin, &mut checker);
     let principals = routes::Principals {
         default: default_principal,
@@ -549,23 +548,6 @@ fn timeout(
         }
         Some(secs) => Some(Duration::from_secs(*secs.get_ref())),
     }
-}
-
-fn store(raw: RawStore, checker: &mut Checker<'_>) -> Option<StoreConfig> {
-    let kind = match raw.kind {
-        RawStoreKind::File => StoreKind::File,
-    };
-    let dir = match &raw.dir {
-        Some(dir) => checker.path("store.dir", dir)?,
-        None => match env::expand_home(DEFAULT_STORE_DIR, checker.env) {
-            Ok(dir) => dir,
-            Err(kind) => {
-                checker.fail("store.dir".into(), None, kind);
-                return None;
-            }
-        },
-    };
-    Some(StoreConfig { kind, dir })
 }
 
 fn readable_file(path: &Path) -> Result<(), FieldErrorKind> {

@@ -18,6 +18,11 @@
 //!   reported once as [`StoreError::Corrupt`]; the slot then reads as empty and needs a new
 //!   sign-in, while the bad file stays for a person to inspect.
 //! - A slot lock excludes other tasks of this process and other processes on this directory.
+//! - With `[store] encryption_keys`, each record is sealed by the [`Keyring`] (see
+//!   [`super::sealed`]). A sealed record that does not open (its key is not configured, or it
+//!   was altered) is reported and left where it is: it is not corrupt, the configuration is
+//!   what needs fixing, and keeping it aside would lose a good sign-in. Saving tokens also
+//!   moves the client registration to the current key (it is otherwise rarely written).
 //!
 //! The OAuth flow and the refresher reach it through [`TokenStore`]; every file operation runs
 //! on tokio's blocking pool.
@@ -35,6 +40,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::sealed::{Keyring, RecordKind};
 use super::{Slot, SlotLock, StoreError, StoredClient, StoredTokens, TokenStore};
 
 const DIR_MODE: u32 = 0o700;
@@ -46,6 +52,7 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Slots kept as files in one directory.
 pub(crate) struct FileStore {
     dir: PathBuf,
+    keyring: Arc<Keyring>,
     /// One async mutex per slot, so tasks of this process queue here instead of each holding a
     /// blocking thread while it waits for the file lock.
     local_locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -53,7 +60,10 @@ pub(crate) struct FileStore {
 
 impl fmt::Debug for FileStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileStore").field("dir", &self.dir).finish()
+        f.debug_struct("FileStore")
+            .field("dir", &self.dir)
+            .field("sealed", &!self.keyring.is_empty())
+            .finish()
     }
 }
 
@@ -61,11 +71,13 @@ impl FileStore {
     /// Opens the store in `dir`, creating it (and its parents) with mode 0700 when missing.
     ///
     /// An existing directory of ours that others can read is tightened to 0700; one that others
-    /// can write to is refused with [`StoreError::InsecureDirectory`].
-    pub(crate) fn new(dir: PathBuf) -> Result<Self, StoreError> {
+    /// can write to is refused with [`StoreError::InsecureDirectory`]. Records are sealed with
+    /// `keyring`'s first key, if it has one.
+    pub(crate) fn new(dir: PathBuf, keyring: Keyring) -> Result<Self, StoreError> {
         prepare_dir(&dir)?;
         Ok(Self {
             dir,
+            keyring: Arc::new(keyring),
             local_locks: parking_lot::Mutex::new(HashMap::new()),
         })
     }
@@ -82,6 +94,34 @@ impl FileStore {
         self.dir.join(format!("{}_client_info.json", slot.hash()))
     }
 
+    fn path(&self, slot: &Slot, kind: RecordKind) -> PathBuf {
+        match kind {
+            RecordKind::Tokens => self.tokens_path(slot),
+            RecordKind::Client => self.client_path(slot),
+        }
+    }
+
+    /// Moves the slot's client registration to the current key when it is under another:
+    /// it is rewritten only when a client registers, so without this an old key could never
+    /// be retired. Best effort: on failure the file stays readable under its old key.
+    async fn reseal_client(&self, slot: &Slot) {
+        if self.keyring.is_empty() {
+            return;
+        }
+        let path = self.client_path(slot);
+        let sealing = Sealing {
+            keyring: Arc::clone(&self.keyring),
+            slot_hash: slot.hash(),
+            kind: RecordKind::Client,
+        };
+        let dir = self.dir.clone();
+        let resealed = blocking(&self.dir, move || reseal_file(&dir, &path, &sealing)).await;
+        if let Err(error) = resealed {
+            tracing::warn!(route = %slot.route, %error,
+                "client registration not moved to the current store key; its old key still opens it");
+        }
+    }
+
     fn local_lock(&self, hash: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.local_locks.lock();
 
@@ -92,16 +132,32 @@ impl FileStore {
 
     async fn load<T: DeserializeOwned + Send + 'static>(
         &self,
-        path: PathBuf,
+        slot: &Slot,
+        kind: RecordKind,
     ) -> Result<Option<T>, StoreError> {
-        blocking(&self.dir, move || read_record(&path)).await
+        let path = self.path(slot, kind);
+        let sealing = Sealing {
+            keyring: Arc::clone(&self.keyring),
+            slot_hash: slot.hash(),
+            kind,
+        };
+        blocking(&self.dir, move || read_record(&path, &sealing)).await
     }
 
-    async fn save<T: Serialize>(&self, path: PathBuf, record: &T) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec_pretty(record).map_err(|source| StoreError::Serialize {
-            path: path.clone(),
-            source,
-        })?;
+    async fn save<T: Serialize>(
+        &self,
+        slot: &Slot,
+        kind: RecordKind,
+        record: &T,
+    ) -> Result<(), StoreError> {
+        let path = self.path(slot, kind);
+        let bytes = self
+            .keyring
+            .seal(&slot.hash(), kind, record)
+            .map_err(|source| StoreError::Serialize {
+                record: path.display().to_string(),
+                source,
+            })?;
         let dir = self.dir.clone();
         blocking(&self.dir, move || write_record(&dir, &path, &bytes)).await
     }
@@ -110,19 +166,21 @@ impl FileStore {
 #[async_trait]
 impl TokenStore for FileStore {
     async fn load_tokens(&self, slot: &Slot) -> Result<Option<StoredTokens>, StoreError> {
-        self.load(self.tokens_path(slot)).await
+        self.load(slot, RecordKind::Tokens).await
     }
 
     async fn save_tokens(&self, slot: &Slot, tokens: &StoredTokens) -> Result<(), StoreError> {
-        self.save(self.tokens_path(slot), tokens).await
+        self.save(slot, RecordKind::Tokens, tokens).await?;
+        self.reseal_client(slot).await;
+        Ok(())
     }
 
     async fn load_client(&self, slot: &Slot) -> Result<Option<StoredClient>, StoreError> {
-        self.load(self.client_path(slot)).await
+        self.load(slot, RecordKind::Client).await
     }
 
     async fn save_client(&self, slot: &Slot, client: &StoredClient) -> Result<(), StoreError> {
-        self.save(self.client_path(slot), client).await
+        self.save(slot, RecordKind::Client, client).await
     }
 
     async fn clear(&self, slot: &Slot, with_client: bool) -> Result<(), StoreError> {
@@ -242,14 +300,28 @@ fn tighten(path: &Path, file: &File) -> Result<(), StoreError> {
 /// Which file was read: a writer may rename a new record into place at any moment.
 type FileIdentity = (u64, u64);
 
-fn read_record<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
+/// What opening a record needs: the keys, and what the seal is bound to.
+struct Sealing {
+    keyring: Arc<Keyring>,
+    slot_hash: String,
+    kind: RecordKind,
+}
+
+fn read_record<T: DeserializeOwned>(
+    path: &Path,
+    sealing: &Sealing,
+) -> Result<Option<T>, StoreError> {
     // Each retry follows a record that changed under us, which only a writer or another
     // reader's quarantine does; three rounds is far more than that ever takes.
     for _ in 0..3 {
         let Some((bytes, identity)) = read_private(path)? else {
             return Ok(None);
         };
-        let error = match serde_json::from_slice(&bytes) {
+        let plain = sealing
+            .keyring
+            .open(&sealing.slot_hash, sealing.kind, &bytes)
+            .map_err(|source| StoreError::sealed(path.display().to_string(), source))?;
+        let error = match serde_json::from_slice(&plain) {
             Ok(record) => return Ok(Some(record)),
             Err(error) => error,
         };
@@ -259,7 +331,7 @@ fn read_record<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError
             return Err(StoreError::Corrupt {
                 path: path.to_path_buf(),
                 kept_as,
-                reason: describe(&error),
+                reason: super::describe(&error),
             });
         }
     }
@@ -329,25 +401,26 @@ fn identity(path: &Path) -> Result<Option<FileIdentity>, StoreError> {
     }
 }
 
-/// Why a record did not parse, without quoting the file: its values may be tokens.
-fn describe(error: &serde_json::Error) -> String {
-    use serde_json::error::Category;
+/// Rewrites the record at `path` under the current key if it is under another.
+fn reseal_file(dir: &Path, path: &Path, sealing: &Sealing) -> Result<(), StoreError> {
+    let Some((bytes, read)) = read_private(path)? else {
+        return Ok(());
+    };
+    let resealed = sealing
+        .keyring
+        .reseal(&sealing.slot_hash, sealing.kind, &bytes)
+        .map_err(|source| StoreError::sealed(path.display().to_string(), source))?;
+    let Some(resealed) = resealed else {
+        return Ok(());
+    };
 
-    let at = format!("line {} column {}", error.line(), error.column());
-    match error.classify() {
-        Category::Eof => format!("it ends early, at {at}"),
-        Category::Syntax => format!("it is not valid JSON, at {at}"),
-        Category::Io => "it could not be read".to_owned(),
-        Category::Data => {
-            // serde's own words name the field for these two and quote no value.
-            let message = error.to_string();
-            if message.starts_with("missing field") || message.starts_with("duplicate field") {
-                message
-            } else {
-                format!("a field has a value of the wrong type, at {at}")
-            }
-        }
+    // Only over the file that was read: a registration renamed into place meanwhile is newer.
+    // (One renamed in the instant between this check and our rename would be replaced; the
+    // next refresh would then be refused and the route ask for a sign-in.)
+    if identity(path)? != Some(read) {
+        return Ok(());
     }
+    write_record(dir, path, &resealed)
 }
 
 fn write_record(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
@@ -432,7 +505,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, FileStore) {
         let root = tempfile::tempdir().expect("tempdir");
-        let store = FileStore::new(root.path().join("auth")).expect("store");
+        let store = FileStore::new(root.path().join("auth"), Keyring::default()).expect("store");
         (root, store)
     }
 
@@ -440,7 +513,7 @@ mod tests {
     fn new_creates_missing_directories_with_mode_0700() {
         let root = tempfile::tempdir().expect("tempdir");
         let dir = root.path().join("home/.mcp/auth");
-        FileStore::new(dir.clone()).expect("store");
+        FileStore::new(dir.clone(), Keyring::default()).expect("store");
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&root.path().join("home/.mcp")), 0o700);
     }
@@ -449,7 +522,7 @@ mod tests {
     fn new_tightens_an_existing_readable_directory_to_0700() {
         let root = tempfile::tempdir().expect("tempdir");
         fs::set_permissions(root.path(), Permissions::from_mode(0o755)).expect("chmod");
-        FileStore::new(root.path().to_path_buf()).expect("store");
+        FileStore::new(root.path().to_path_buf(), Keyring::default()).expect("store");
         assert_eq!(mode(root.path()), 0o700);
     }
 
@@ -458,7 +531,8 @@ mod tests {
         for insecure in [0o777, 0o770, 0o702] {
             let root = tempfile::tempdir().expect("tempdir");
             fs::set_permissions(root.path(), Permissions::from_mode(insecure)).expect("chmod");
-            let error = FileStore::new(root.path().to_path_buf()).expect_err("refused");
+            let error =
+                FileStore::new(root.path().to_path_buf(), Keyring::default()).expect_err("refused");
             assert!(
                 matches!(error, StoreError::InsecureDirectory { mode, .. } if mode == insecure)
             );
@@ -715,6 +789,155 @@ mod tests {
             .expect("clearing an empty slot is fine");
     }
 
+    fn keyring(keys: &[(&str, u8)]) -> Keyring {
+        use base64::Engine;
+        let keys = keys
+            .iter()
+            .map(|(id, byte)| crate::store::StoreKey {
+                id: (*id).to_owned(),
+                material: crate::store::KeyMaterial::from_base64(
+                    &base64::engine::general_purpose::STANDARD.encode([*byte; 32]),
+                )
+                .expect("key"),
+            })
+            .collect();
+        Keyring::new(keys)
+    }
+
+    fn sealed_store(dir: &Path, keys: &[(&str, u8)]) -> FileStore {
+        FileStore::new(dir.to_path_buf(), keyring(keys)).expect("store")
+    }
+
+    #[tokio::test]
+    async fn sealed_files_hold_no_token_text_and_load_back() {
+        let (_root, plain) = store();
+        let store = sealed_store(plain.dir(), &[("k1", 1)]);
+        store
+            .save_tokens(&slot(), &tokens("at-SECRET"))
+            .await
+            .expect("save");
+        let on_disk = fs::read_to_string(store.tokens_path(&slot())).expect("read");
+        assert!(
+            !on_disk.contains("SECRET") && on_disk.contains("\"k1\""),
+            "{on_disk}"
+        );
+        assert_eq!(mode(&store.tokens_path(&slot())), 0o600);
+        let loaded = store
+            .load_tokens(&slot())
+            .await
+            .expect("load")
+            .expect("tokens");
+        assert_eq!(loaded.access_token.secret(), "at-SECRET");
+    }
+
+    #[tokio::test]
+    async fn a_sealed_file_without_its_key_names_the_key_and_stays_in_place() {
+        let (_root, plain) = store();
+        sealed_store(plain.dir(), &[("k-2026", 1)])
+            .save_tokens(&slot(), &tokens("a"))
+            .await
+            .expect("save");
+        let before = fs::read(plain.tokens_path(&slot())).expect("read");
+
+        for reader in [&plain, &sealed_store(plain.dir(), &[("other", 2)])] {
+            let error = reader.load_tokens(&slot()).await.expect_err("no key");
+            assert!(
+                matches!(&error, StoreError::KeyMissing { key_id, .. } if key_id == "k-2026"),
+                "{error:?}"
+            );
+            assert!(error.to_string().contains("`k-2026`"), "{error}");
+        }
+        assert_eq!(
+            fs::read(plain.tokens_path(&slot())).expect("still there"),
+            before
+        );
+        assert!(!corrupt_name(&plain.tokens_path(&slot()), 0).exists());
+    }
+
+    #[tokio::test]
+    async fn a_sealed_file_under_wrong_key_material_is_reported_not_kept_aside() {
+        let (_root, plain) = store();
+        sealed_store(plain.dir(), &[("k1", 1)])
+            .save_tokens(&slot(), &tokens("a"))
+            .await
+            .expect("save");
+        let error = sealed_store(plain.dir(), &[("k1", 9)])
+            .load_tokens(&slot())
+            .await
+            .expect_err("wrong material");
+        assert!(matches!(error, StoreError::Unsealable { .. }), "{error:?}");
+        assert!(plain.tokens_path(&slot()).exists());
+    }
+
+    #[tokio::test]
+    async fn with_the_old_key_kept_second_records_read_and_are_resealed_on_write() {
+        let (_root, plain) = store();
+        sealed_store(plain.dir(), &[("k1", 1)])
+            .save_tokens(&slot(), &tokens("a"))
+            .await
+            .expect("save");
+        let rotated = sealed_store(plain.dir(), &[("k2", 2), ("k1", 1)]);
+        let loaded = rotated
+            .load_tokens(&slot())
+            .await
+            .expect("load")
+            .expect("tokens");
+        rotated.save_tokens(&slot(), &loaded).await.expect("save");
+        let on_disk = fs::read_to_string(plain.tokens_path(&slot())).expect("read");
+        assert!(on_disk.contains("\"k2\""), "{on_disk}");
+        let only_new = sealed_store(plain.dir(), &[("k2", 2)]);
+        assert!(only_new.load_tokens(&slot()).await.expect("load").is_some());
+    }
+
+    #[tokio::test]
+    async fn saving_tokens_moves_the_client_registration_to_the_current_key() {
+        let (_root, plain) = store();
+        let client: StoredClient = serde_json::from_value(
+            serde_json::json!({"client_id": "cid", "client_secret": "cs-SECRET"}),
+        )
+        .expect("client");
+        sealed_store(plain.dir(), &[("k1", 1)])
+            .save_client(&slot(), &client)
+            .await
+            .expect("save");
+        let rotated = sealed_store(plain.dir(), &[("k2", 2), ("k1", 1)]);
+        rotated
+            .save_tokens(&slot(), &tokens("a"))
+            .await
+            .expect("save");
+        let on_disk = fs::read_to_string(plain.client_path(&slot())).expect("read");
+        assert!(
+            on_disk.contains("\"k2\"") && !on_disk.contains("SECRET"),
+            "{on_disk}"
+        );
+        assert_eq!(mode(&plain.client_path(&slot())), 0o600);
+        let only_new = sealed_store(plain.dir(), &[("k2", 2)]);
+        let loaded = only_new
+            .load_client(&slot())
+            .await
+            .expect("load")
+            .expect("client");
+        assert_eq!(loaded.client_id, "cid");
+    }
+
+    #[tokio::test]
+    async fn plain_files_read_once_keys_are_set_and_unkeyed_writes_stay_plain() {
+        let (_root, plain) = store();
+        plain
+            .save_tokens(&slot(), &tokens("a"))
+            .await
+            .expect("save");
+        let written = fs::read_to_string(plain.tokens_path(&slot())).expect("read");
+        assert!(written.contains("\"access_token\": \"a\""), "{written}");
+        let sealed = sealed_store(plain.dir(), &[("k1", 1)]);
+        let loaded = sealed
+            .load_tokens(&slot())
+            .await
+            .expect("load")
+            .expect("tokens");
+        assert_eq!(loaded.access_token.secret(), "a");
+    }
+
     #[test]
     fn flock_on_two_descriptions_excludes_within_one_process() {
         let root = tempfile::tempdir().expect("tempdir");
@@ -744,7 +967,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lock_excludes_another_store_on_the_same_directory() {
         let (_root, store) = store();
-        let other = Arc::new(FileStore::new(store.dir().to_path_buf()).expect("store"));
+        let other =
+            Arc::new(FileStore::new(store.dir().to_path_buf(), Keyring::default()).expect("store"));
         let first = store.lock(&slot()).await.expect("lock");
         let second = tokio::spawn(async move { other.lock(&slot()).await.expect("lock") });
         assert_excludes(first, second).await;

@@ -4,6 +4,7 @@
 pub mod gateway;
 pub mod interop;
 pub mod mock_upstream;
+pub mod postgres;
 pub mod process;
 pub mod signin;
 
