@@ -35,6 +35,9 @@ use users::{Principal, UserLink, Users};
 /// before use rather than sent.
 const EXPIRY_SKEW: Duration = Duration::from_secs(30);
 
+/// How often a slot that needs sign-in looks in the store for a sign-in made elsewhere.
+const STORE_RECHECK: Duration = Duration::from_secs(1);
+
 /// Whether `tokens` are too close to expiry to send.
 pub(crate) fn is_stale(tokens: &StoredTokens, now: SystemTime) -> bool {
     let margin = tokens
@@ -107,6 +110,8 @@ pub(crate) struct OAuthRoute {
     user: Option<UserLink>,
     /// When a request last asked for a token, Unix seconds.
     last_used: AtomicU64,
+    /// When a request that found no sign-in last looked in the store.
+    store_checked: parking_lot::Mutex<Option<std::time::Instant>>,
     /// The slot's stored tokens have been read.
     loaded: tokio::sync::OnceCell<()>,
 }
@@ -195,6 +200,7 @@ impl OAuthRoute {
             users: setup.users,
             user: setup.user,
             last_used: AtomicU64::new(0),
+            store_checked: parking_lot::Mutex::new(None),
             loaded: tokio::sync::OnceCell::new(),
         }
     }
@@ -362,9 +368,37 @@ impl OAuthRoute {
     /// the next sign-in registers afresh.
     pub(crate) async fn clear(&self, registration: bool) -> Result<(), crate::store::StoreError> {
         self.store.clear(&self.slot, registration).await?;
-        *self.tokens.write() = None;
-        self.needs_sign_in("signed out");
+        self.forget_tokens("signed out");
         Ok(())
+    }
+
+    /// Drops the tokens in memory: the store no longer has them.
+    pub(crate) fn forget_tokens(&self, reason: &str) {
+        *self.tokens.write() = None;
+        self.needs_sign_in(reason);
+    }
+
+    /// A slot that needs sign-in looks in the store again, at most once per
+    /// [`STORE_RECHECK`]: whoever shares it (another replica, the CLI) may have signed in
+    /// since. Returns whether it found tokens it did not know.
+    async fn adopt_stored_tokens(&self) -> bool {
+        {
+            let mut checked = self.store_checked.lock();
+            if checked.is_some_and(|at| at.elapsed() < STORE_RECHECK) {
+                return false;
+            }
+            *checked = Some(std::time::Instant::now());
+        }
+        let Ok(Some(stored)) = self.store.load_tokens(&self.slot).await else {
+            return false;
+        };
+        let known = self.tokens().map(|tokens| tokens.access_token);
+        if known.as_ref() == Some(&stored.access_token) {
+            return false; // The ones that stopped working, still in the store.
+        }
+        tracing::info!(route = %self.name, principal = %self.principal_hash(), "signed in elsewhere; using the stored tokens");
+        self.install(stored);
+        true
     }
 
     /// Refreshes the tokens now, whether or not they are due.
@@ -457,6 +491,9 @@ impl TokenSource for OAuthRoute {
         for _ in 0..2 {
             let generation = self.generation();
             if let SlotStatus::NeedsSignIn { reason } = self.status() {
+                if self.adopt_stored_tokens().await {
+                    continue;
+                }
                 return Err(self.sign_in_error(reason));
             }
             let Some(tokens) = self.tokens() else {

@@ -391,18 +391,7 @@ async fn rotation_never_reuses_a_refresh_token_even_across_two_gateways() {
     .await;
     let first = oauth_gateway(&upstream, "");
     assert_eq!(sign_in(&first).await.0, 200);
-    // A second gateway on the same store directory, as a second replica would be: behind
-    // the same public URL, so with the same redirect URI.
-    let store = first.dir.path().join("store");
-    let public_url = first.url().replace("127.0.0.1", "localhost");
-    let second = start(
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"{public_url}\"\n[store]\ndir = \"{}\"\n[[routes]]\nname = \"up\"\nprefix = \"/up\"\nupstream = \"{}\"\n",
-            store.display(),
-            upstream.base_url()
-        ),
-        &[],
-    );
+    let second = second_replica(&first, &upstream);
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(6);
     while Instant::now() < deadline {
@@ -432,6 +421,74 @@ async fn rotation_never_reuses_a_refresh_token_even_across_two_gateways() {
         oauth.refresh_requests()
     );
     assert!(!oauth.refresh_token_reuse_detected());
+}
+
+/// A second gateway on `first`'s store directory, as a second replica would be: behind the
+/// same public URL, so with the same redirect URI.
+fn second_replica(first: &TestGateway, upstream: &MockUpstream) -> TestGateway {
+    let store = first.dir.path().join("store");
+    let public_url = first.url().replace("127.0.0.1", "localhost");
+    start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"{public_url}\"\n[store]\ndir = \"{}\"\n[[routes]]\nname = \"up\"\nprefix = \"/up\"\nupstream = \"{}\"\n",
+            store.display(),
+            upstream.base_url()
+        ),
+        &[],
+    )
+}
+
+async fn status_at(gateway: &TestGateway) -> u16 {
+    reqwest::get(format!("{}/up/anything", gateway.url()))
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sign_in_or_sign_out_on_one_replica_reaches_the_others() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let first = oauth_gateway(&upstream, "");
+    let second = second_replica(&first, &upstream);
+    // The second replica has seen that nobody signed in.
+    assert_eq!(status_at(&second).await, 401);
+
+    assert_eq!(sign_in(&first).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut status = status_at(&second).await;
+    while status != 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        status = status_at(&second).await;
+    }
+    assert_eq!(status, 200, "the second replica never saw the sign-in");
+    assert_eq!(
+        upstream.oauth().refresh_requests(),
+        0,
+        "it took the stored tokens"
+    );
+
+    // Signed out on the first: the second finds out at its next refresh, and spends no
+    // refresh token on a slot that was emptied.
+    let cleared = reqwest::Client::new()
+        .post(format!("{}/admin/api/routes/up/clear", first.url()))
+        .send()
+        .await
+        .expect("clear");
+    assert_eq!(cleared.status(), 200);
+    let refreshed = reqwest::Client::new()
+        .post(format!("{}/admin/api/routes/up/refresh", second.url()))
+        .send()
+        .await
+        .expect("refresh");
+    assert_eq!(refreshed.status(), 409);
+    assert_eq!(upstream.oauth().refresh_requests(), 0);
+    assert_eq!(status_at(&second).await, 401);
+    assert!(
+        !store_files(first.dir.path())
+            .iter()
+            .any(|f| f.ends_with("_tokens.json"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

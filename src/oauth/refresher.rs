@@ -68,10 +68,17 @@ pub(crate) async fn refresh(route: &OAuthRoute, seen_generation: u64) -> Result<
     // Another process sharing the store may have refreshed while we waited for the lock:
     // its tokens are newer than ours, and ours may hold a refresh token already spent.
     let mut current = route.tokens();
-    if let Some(stored) = route.store.load_tokens(&route.slot).await?
-        && current
-            .as_ref()
-            .is_none_or(|current| current.access_token != stored.access_token)
+    let Some(stored) = route.store.load_tokens(&route.slot).await? else {
+        // Whoever shares the store signed this slot out (another replica, the CLI): a
+        // refresh would bring back what they removed.
+        let reason = "signed out";
+        tracing::info!(route = %route.name, principal = %route.principal_hash(), "the slot was signed out elsewhere");
+        route.forget_tokens(reason);
+        return Err(RefreshError::NeedsSignIn(reason.to_owned()));
+    };
+    if current
+        .as_ref()
+        .is_none_or(|current| current.access_token != stored.access_token)
     {
         route.install(stored.clone());
         if !is_stale(&stored, SystemTime::now()) {
