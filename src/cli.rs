@@ -209,6 +209,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the token store is, as an operator reads it: never a password or a key.
+pub(crate) fn describe_store(store: &crate::config::StoreConfig) -> String {
+    let place = match &store.kind {
+        crate::config::StoreKind::File => store.dir.display().to_string(),
+        crate::config::StoreKind::Postgres(target) => format!("postgres {}", target.describe()),
+    };
+    match store.keys.first() {
+        Some(key) => format!("{place} (sealed with key {})", key.id),
+        None => place,
+    }
+}
+
 fn check(args: ConfigArg) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
     let source = match &config.source {
@@ -218,7 +230,7 @@ fn check(args: ConfigArg) -> anyhow::Result<()> {
     println!("configuration: {source}: ok");
     println!("listen:        {}", config.server.listen);
     println!("public url:    {}", config.server.public_url);
-    println!("token store:   {}", config.store.dir.display());
+    println!("token store:   {}", describe_store(&config.store));
     println!("routes:");
     let width = config
         .routes

@@ -463,11 +463,12 @@ pub(crate) fn list(config: &Config, json: bool) -> anyhow::Result<Done> {
             }));
         }
         if json {
-            let body = json!({ "store": config.store.dir, "slots": entries });
+            let store = crate::cli::describe_store(&config.store);
+            let body = json!({ "store": store, "slots": entries });
             println!("{}", serde_json::to_string_pretty(&body)?);
             return Ok(Done::Ok);
         }
-        println!("token store: {}", config.store.dir.display());
+        println!("token store: {}", crate::cli::describe_store(&config.store));
         let yes = |value: &Value| if value == true { "yes" } else { "no" }.to_owned();
         let rows: Vec<Vec<String>> = entries
             .iter()
