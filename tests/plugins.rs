@@ -360,3 +360,70 @@ async fn tool_filter_trims_json_lists_and_answers_filtered_calls_itself() {
     assert_eq!(echoed["result"]["content"][0]["text"], "through");
     assert_eq!(upstream.state().tool_calls("echo"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tool_filter_trims_every_page_of_a_paginated_list_and_keeps_its_cursor() {
+    let upstream = MockUpstream::start(MockOptions {
+        token: TOKEN.into(),
+        json_responses: true,
+        tools_page_size: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let plugins = "[[routes.plugins]]\nkind = \"tool_filter\"\nallow = [\"echo\", \"who*\"]\n";
+    let gateway = gateway(&upstream, "", plugins);
+    let base = gateway.url();
+    let init = post(&base, None, &support::initialize_request()).await;
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+
+    // A client walks the pages by their cursors, as the upstream hands them out.
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    for id in 10.. {
+        let mut list = json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"});
+        if let Some(cursor) = &cursor {
+            list["params"] = json!({ "cursor": cursor });
+        }
+        let page: Value = client()
+            .post(format!("{base}/up/mcp"))
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &session)
+            .json(&list)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        let names: Vec<String> = page["result"]["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .map(|tool| tool["name"].as_str().expect("name").to_owned())
+            .collect();
+        cursor = page["result"]["nextCursor"].as_str().map(str::to_owned);
+        pages.push((names, cursor.clone()));
+        if cursor.is_none() || id > 20 {
+            break;
+        }
+    }
+    let expected: Vec<(Vec<String>, Option<String>)> = [
+        (vec!["echo"], Some("1")),
+        (vec![], Some("2")),
+        (vec!["whoami"], Some("3")),
+        (vec![], None),
+    ]
+    .into_iter()
+    .map(|(names, cursor)| {
+        let names = names.into_iter().map(str::to_owned).collect();
+        (names, cursor.map(str::to_owned))
+    })
+    .collect();
+    assert_eq!(
+        pages, expected,
+        "filtered pages, each with the upstream's cursor"
+    );
+}

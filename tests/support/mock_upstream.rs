@@ -127,6 +127,8 @@ pub struct MockOptions {
     /// Make each `POST /token` wait this long; also settable with
     /// [`OAuthState::set_token_delay`].
     pub token_delay: Option<Duration>,
+    /// `tools/list` answers this many tools a page, with `nextCursor` to the next page.
+    pub tools_page_size: Option<usize>,
 }
 
 impl Default for MockOptions {
@@ -157,6 +159,7 @@ impl Default for MockOptions {
             dcr_enabled: true,
             client_metadata_documents: false,
             token_delay: None,
+            tools_page_size: None,
         }
     }
 }
@@ -612,7 +615,7 @@ async fn post_mcp(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
         return StatusCode::NOT_ACCEPTABLE.into_response();
     };
     app.state.note_call(&request);
-    let replies = respond(request, CallContext::from_headers(&headers));
+    let replies = respond(request, CallContext::new(&headers, &app.options));
     let response = match format {
         ReplyFormat::Sse => sse_response(&app, replies.map(|message| sse_message(&message))),
         ReplyFormat::Json => json_reply(replies).await,
@@ -779,7 +782,7 @@ async fn legacy_message(
         Err(refusal) => return refusal,
     };
     app.state.note_call(&request);
-    let mut replies = respond(request, CallContext::from_headers(&headers));
+    let mut replies = respond(request, CallContext::new(&headers, &app.options));
     tokio::spawn(async move {
         while let Some(message) = replies.next().await {
             if sender.send(message).is_err() {
@@ -929,15 +932,19 @@ impl RpcRequest {
 /// What a tool may know about the request that called it.
 struct CallContext {
     authorization: String,
+    tools_page_size: Option<usize>,
 }
 
 impl CallContext {
-    fn from_headers(headers: &HeaderMap) -> Self {
+    fn new(headers: &HeaderMap, options: &MockOptions) -> Self {
         let authorization = headers
             .get(header::AUTHORIZATION)
             .map(lossy)
             .unwrap_or_default();
-        Self { authorization }
+        Self {
+            authorization,
+            tools_page_size: options.tools_page_size,
+        }
     }
 }
 
@@ -957,7 +964,7 @@ fn dispatch(request: &RpcRequest, context: &CallContext) -> Result<Value, (i64, 
     match request.method.as_str() {
         "initialize" => Ok(initialize_result(&request.params)),
         "ping" => Ok(json!({})),
-        "tools/list" => Ok(json!({"tools": tool_list()})),
+        "tools/list" => Ok(tools_page(&request.params, context.tools_page_size)),
         "tools/call" => call_tool(&request.params, context),
         other => Err((-32601, format!("method not found: {other}"))),
     }
@@ -975,6 +982,24 @@ fn initialize_result(params: &Value) -> Value {
         "capabilities": {"tools": {}},
         "serverInfo": {"name": "mock-upstream", "version": env!("CARGO_PKG_VERSION")},
     })
+}
+
+/// One page of the tools: all of them, or `page_size` from the `cursor` (a position) on.
+fn tools_page(params: &Value, page_size: Option<usize>) -> Value {
+    let tools = tool_list();
+    let (Some(size), Some(all)) = (page_size, tools.as_array()) else {
+        return json!({"tools": tools});
+    };
+    let from: usize = params["cursor"]
+        .as_str()
+        .and_then(|cursor| cursor.parse().ok())
+        .unwrap_or(0);
+    let to = (from + size).min(all.len());
+    let mut page = json!({"tools": all.get(from..to).unwrap_or_default()});
+    if to < all.len() {
+        page["nextCursor"] = to.to_string().into();
+    }
+    page
 }
 
 fn tool_list() -> Value {
