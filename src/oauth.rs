@@ -107,6 +107,8 @@ pub(crate) struct OAuthRoute {
     user: Option<UserLink>,
     /// When a request last asked for a token, Unix seconds.
     last_used: AtomicU64,
+    /// When a request last read the slot again from a shared store, Unix seconds.
+    reread_at: AtomicU64,
     /// The slot's stored tokens have been read.
     loaded: tokio::sync::OnceCell<()>,
 }
@@ -195,6 +197,7 @@ impl OAuthRoute {
             users: setup.users,
             user: setup.user,
             last_used: AtomicU64::new(0),
+            reread_at: AtomicU64::new(0),
             loaded: tokio::sync::OnceCell::new(),
         }
     }
@@ -267,9 +270,7 @@ impl OAuthRoute {
 
     /// Notes that someone used this slot now (a request, or a sign-in).
     pub(crate) fn note_use(&self) {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs());
+        let now = unix_now();
         // Whole seconds are enough for a window of hours; skip the write within one.
         let before = self.last_used.load(Ordering::Relaxed);
         if before == now {
@@ -305,6 +306,37 @@ impl OAuthRoute {
                 let principal = self.principal_hash();
                 tracing::warn!(route = %self.name, %principal, %error, "stored tokens unusable; sign-in needed");
                 self.needs_sign_in(error.to_string());
+            }
+        }
+    }
+
+    /// Reads the slot again when another replica sharing the store may have signed it in
+    /// since: only while this one holds no tokens for it, and at most once a second, so a
+    /// crowd of requests waiting for a sign-in costs the database little. What it finds is
+    /// installed; a failure changes nothing here.
+    async fn reread_shared(&self) {
+        if self.tokens.read().is_some() || !self.store.is_shared() {
+            return;
+        }
+        let now = unix_now();
+        let last = self.reread_at.load(Ordering::Relaxed);
+        let due = last != now
+            && self
+                .reread_at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
+        if !due {
+            return;
+        }
+        match self.store.load_tokens(&self.slot).await {
+            Ok(Some(tokens)) if self.tokens.read().is_none() => {
+                let principal = self.principal_hash();
+                tracing::info!(route = %self.name, %principal, "signed in through another replica");
+                self.install(tokens);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(route = %self.name, %error, "shared store not read again");
             }
         }
     }
@@ -453,6 +485,7 @@ impl TokenSource for OAuthRoute {
             return Err(self.sign_in_error("this route signs each person in separately".into()));
         }
         self.note_use();
+        self.reread_shared().await;
         // Two rounds at most: a token that is stale on arrival is refreshed once.
         for _ in 0..2 {
             let generation = self.generation();
@@ -515,6 +548,13 @@ impl TokenSource for OAuthRoute {
         self.needs_sign_in(reason);
         Err(self.sign_in_error(reason.to_owned()))
     }
+}
+
+/// Now, in whole Unix seconds.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// The MCP endpoint of an upstream base URL: the base itself when it already names an MCP
