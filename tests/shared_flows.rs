@@ -19,7 +19,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::cookie::Jar;
 use sha2::{Digest, Sha256};
 use support::gateway::{TestGateway, start};
-use support::mock_upstream::{MockOptions, MockUpstream};
+use support::mock_upstream::{MockOptions, MockUpstream, PreregisteredClient};
 use support::postgres::TestPostgres;
 use support::signin::{browser, location, query};
 use url::Url;
@@ -37,6 +37,8 @@ struct Replica<'a> {
     server: &'a str,
     /// Lines added to `[store]`.
     store: String,
+    /// Lines added to the route's `[routes.auth]`.
+    auth: &'a str,
     per_user: bool,
 }
 
@@ -69,8 +71,10 @@ prefix = "/up"
 upstream = "{upstream}"
 [routes.auth]
 kind = "oauth"
+{auth}
 "#,
             server = replica.server,
+            auth = replica.auth,
             store = replica.store,
             url = db.url(),
             upstream = upstream.base_url(),
@@ -383,4 +387,45 @@ async fn on_a_per_user_route_a_sign_in_finishes_on_another_replica_only_for_its_
         .await
         .expect("request");
     assert_eq!(refused.status(), 401, "Bob has not signed in");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outage_leaves_a_sign_in_to_its_own_replica_and_a_handover_says_why_not() {
+    let mut db = TestPostgres::start();
+    let upstream = MockUpstream::start(MockOptions {
+        preregistered: vec![PreregisteredClient::public("gw-client")],
+        ..Default::default()
+    })
+    .await;
+    // A client registered ahead, so that starting a sign-in reads nothing from the database.
+    let own_client = |beside| Replica {
+        beside,
+        auth: "client_id = \"gw-client\"",
+        ..Default::default()
+    };
+    let first = gateway(&db, &upstream, own_client(None));
+    let second = gateway(&db, &upstream, own_client(Some(&first)));
+
+    // Not saved while the database is down; back in time for the callback at its own replica.
+    db.stop();
+    let (callback, _) = approved_at(&first).await;
+    db.restart();
+    assert!(flow_rows(&db).await.is_empty(), "nothing was saved");
+    let (status, page) = visit(&browser(), callback).await;
+    assert_eq!(status, 200, "{page}");
+
+    // Saved, then the database goes away: the other replica cannot look it up, and says so.
+    let (callback, _) = approved_at(&first).await;
+    assert_eq!(flow_rows(&db).await.len(), 1);
+    db.stop();
+    let (status, page) = visit(&browser(), at(&callback, &second)).await;
+    assert_eq!(status, 503, "{page}");
+    assert!(page.contains("unreachable"), "{page}");
+    assert!(page.contains("start the sign-in again"), "{page}");
+    assert!(!page.contains(support::postgres::PASSWORD), "{page}");
+    assert_eq!(
+        upstream.oauth().token_requests(),
+        1,
+        "only the first sign-in's"
+    );
 }

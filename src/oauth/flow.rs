@@ -320,7 +320,7 @@ impl Began {
 
 /// What a replica needs to finish a sign-in another one started: the store the routes
 /// share, and the OAuth routes in force, by name.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Handover<'a> {
     pub(crate) store: Option<&'a Arc<dyn TokenStore>>,
     pub(crate) routes: &'a HashMap<String, Arc<OAuthRoute>>,
