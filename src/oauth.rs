@@ -273,9 +273,7 @@ impl OAuthRoute {
 
     /// Notes that someone used this slot now (a request, or a sign-in).
     pub(crate) fn note_use(&self) {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs());
+        let now = unix_now();
         // Whole seconds are enough for a window of hours; skip the write within one.
         let before = self.last_used.load(Ordering::Relaxed);
         if before == now {
@@ -552,6 +550,13 @@ impl TokenSource for OAuthRoute {
         self.needs_sign_in(reason);
         Err(self.sign_in_error(reason.to_owned()))
     }
+}
+
+/// Now, in whole Unix seconds.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// The MCP endpoint of an upstream base URL: the base itself when it already names an MCP

@@ -6,6 +6,10 @@
 //! the new tokens back while holding the slot's [`SlotLock`], so that two gateway processes
 //! sharing one store never spend the same refresh token. The admin commands clear slots.
 //!
+//! Replicas sharing a store also share the sign-ins in progress ([`StoredFlow`]), so that a
+//! callback the load balancer sends to another replica than the one that started the sign-in
+//! still finds it.
+//!
 //! [`TokenStore`] is what those callers see; [`FileStore`] keeps slots as JSON files in a
 //! private directory, in the layout of the Python proxy this gateway replaces, so sign-ins made
 //! there keep working; [`PostgresStore`] keeps them as rows of a PostgreSQL database that
@@ -276,6 +280,52 @@ impl fmt::Debug for StoredClient {
     }
 }
 
+/// A sign-in in progress, as a replica that did not start it needs it to finish it: which
+/// route (and, on a per-user route, whose), the PKCE verifier, the client and endpoints it
+/// was started with, and the value of the cookie that binds it to the browser.
+///
+/// `Debug` shows neither the verifier, nor the cookie value, nor the principal.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct StoredFlow {
+    pub(crate) route: String,
+    /// The route's upstream as configured when the sign-in started.
+    pub(crate) upstream: String,
+    /// Who started it, on a per-user route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) principal: Option<String>,
+    pub(crate) verifier: Secret,
+    pub(crate) client: StoredClient,
+    pub(crate) authorization_endpoint: String,
+    pub(crate) token_endpoint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) resource: Option<String>,
+    pub(crate) issuer: String,
+    pub(crate) issuer_in_responses: bool,
+    /// The binding cookie's value.
+    pub(crate) browser: Secret,
+    /// When the sign-in started, Unix seconds.
+    pub(crate) started_at: u64,
+}
+
+impl fmt::Debug for StoredFlow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredFlow")
+            .field("route", &self.route)
+            .field("upstream", &self.upstream)
+            .field("per_user", &self.principal.is_some())
+            .field("verifier", &self.verifier)
+            .field("client", &self.client)
+            .field("authorization_endpoint", &self.authorization_endpoint)
+            .field("token_endpoint", &self.token_endpoint)
+            .field("resource", &self.resource)
+            .field("issuer", &self.issuer)
+            .field("issuer_in_responses", &self.issuer_in_responses)
+            .field("browser", &self.browser)
+            .field("started_at", &self.started_at)
+            .finish()
+    }
+}
+
 /// Why the store could not load or save a slot. No variant ever holds a token.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -421,6 +471,25 @@ pub(crate) trait TokenStore: Send + Sync + fmt::Debug {
     /// Waits for an exclusive lock on the slot, shared by every task and process using this
     /// store, held while the guard lives. Refreshes take it so a refresh token is spent once.
     async fn lock(&self, slot: &Slot) -> Result<SlotLock, StoreError>;
+
+    /// Whether other gateway processes use this store too: they then see the sign-ins in
+    /// progress saved here, so that a callback may land on any of them, and the tokens any
+    /// of them saves.
+    fn is_shared(&self) -> bool;
+
+    /// Keeps a sign-in in progress, under a digest of its `state` (never the state itself),
+    /// until `expires_at`. A store no other process shares keeps nothing: sign-ins then live
+    /// in the memory of the process that started them.
+    async fn save_flow(
+        &self,
+        state_digest: &str,
+        flow: &StoredFlow,
+        expires_at: SystemTime,
+    ) -> Result<(), StoreError>;
+
+    /// Removes the sign-in saved under `state_digest` and returns it unless it has expired;
+    /// of any number of callers, in any process, one at most gets it.
+    async fn take_flow(&self, state_digest: &str) -> Result<Option<StoredFlow>, StoreError>;
 }
 
 #[cfg(test)]
@@ -555,6 +624,54 @@ mod tests {
         let written = serde_json::to_value(&client).expect("serialise");
         assert_eq!(written["grant_types"][1], "refresh_token");
         assert_eq!(written["client_id_issued_at"], 1_748_779_200);
+    }
+
+    fn flow() -> StoredFlow {
+        StoredFlow {
+            route: "up".into(),
+            upstream: ATLASSIAN.into(),
+            principal: Some("alice@example.com".into()),
+            verifier: Secret::new("verifier-SECRET"),
+            client: serde_json::from_str(r#"{"client_id": "cid", "client_secret": "cs-SECRET"}"#)
+                .expect("client parses"),
+            authorization_endpoint: "https://as.example/authorize".into(),
+            token_endpoint: "https://as.example/token".into(),
+            resource: Some(ATLASSIAN.into()),
+            issuer: "https://as.example".into(),
+            issuer_in_responses: true,
+            browser: Secret::new("cookie-SECRET"),
+            started_at: 1_748_779_200,
+        }
+    }
+
+    #[test]
+    fn a_stored_flow_reads_back_as_written() {
+        let written = serde_json::to_string(&flow()).expect("serialise");
+        let read: StoredFlow = serde_json::from_str(&written).expect("reads back");
+        assert_eq!(read.verifier.expose(), "verifier-SECRET");
+        assert_eq!(read.browser.expose(), "cookie-SECRET");
+        assert_eq!(read.principal.as_deref(), Some("alice@example.com"));
+        assert_eq!(
+            read.client.client_secret.as_ref().map(Secret::expose),
+            Some("cs-SECRET")
+        );
+        assert_eq!(
+            (read.route.as_str(), read.upstream.as_str()),
+            ("up", ATLASSIAN)
+        );
+        assert_eq!(read.token_endpoint, "https://as.example/token");
+        assert_eq!(read.resource.as_deref(), Some(ATLASSIAN));
+        assert!(read.issuer_in_responses);
+        assert_eq!(read.started_at, 1_748_779_200);
+        assert_eq!(serde_json::to_string(&read).expect("again"), written);
+    }
+
+    #[test]
+    fn a_stored_flow_debug_shows_no_secret_and_no_principal() {
+        let shown = format!("{:?} {:#?}", flow(), flow());
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(!shown.contains("alice"), "{shown}");
+        assert!(shown.contains("per_user: true"), "{shown}");
     }
 
     #[test]

@@ -453,7 +453,7 @@ fn migrations_run_once_when_gateways_start_together_on_an_empty_database() {
             .iter()
             .map(|row| row.get(0))
             .collect();
-        assert_eq!(versions, [1]);
+        assert_eq!(versions, [1, 2]);
         let slots: i64 = client
             .query_one("SELECT count(*) FROM mcp_gateway_slots", &[])
             .await

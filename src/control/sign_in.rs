@@ -71,10 +71,14 @@ pub(super) async fn callback(session: &mut Session, shared: &Shared) -> pingora:
                 .state()
                 .and_then(|state| cookie(session, &flow::binding_cookie_name(state)));
             let principal = viewer(session, shared);
-            let principal = principal.as_ref();
+            let routing = shared.routing();
+            let handover = flow::Handover {
+                store: routing.store.as_ref(),
+                routes: &routing.oauth,
+            };
             shared
                 .flows
-                .complete(&params, cookie.as_deref(), principal)
+                .complete(&params, cookie.as_deref(), principal.as_ref(), handover)
                 .await
         }
         Err(error) => Err(error),
@@ -101,7 +105,12 @@ pub(super) async fn callback(session: &mut Session, shared: &Shared) -> pingora:
             tracing::warn!(route = label, %error, "sign-in failed");
             shared.metrics.sign_in(label, "failed");
             let page = pages::failed(route.as_deref(), &error.to_string());
-            html(session, 400, &page).await
+            // A store the replicas share that cannot be reached is the gateway's trouble.
+            let status = match error {
+                flow::CallbackError::SharedStore { .. } => 503,
+                _ => 400,
+            };
+            html(session, status, &page).await
         }
     }
 }

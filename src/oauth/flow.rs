@@ -9,10 +9,18 @@
 //! one and one arriving from a browser without the cookie, reports the authorization
 //! server's `error=`, exchanges the code with the verifier, stores the tokens and installs
 //! them. One callback serves every route: the `state` says which flow it ends.
+//!
+//! Replicas behind a load balancer may share one store ([`TokenStore::is_shared`]): a
+//! flow is then also saved there, sealed, under a digest of its `state`, and a callback that
+//! lands on another replica takes it from there and rebuilds it against the routes in force
+//! on that replica. Whichever replica a callback reaches, the flow is removed from the store
+//! too, so a state works once across all of them. When saving fails, the sign-in still works
+//! on the replica that started it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use oauth2::{CsrfToken, PkceCodeChallenge, Scope};
 use parking_lot::Mutex;
@@ -25,7 +33,7 @@ use super::registration::{self, RegistrationError};
 use super::users::Principal;
 use super::{OAuthError, OAuthRoute};
 use crate::secret::Secret;
-use crate::store::StoredClient;
+use crate::store::{StoreError, StoredClient, StoredFlow, TokenStore};
 
 /// Pending flows beyond this many are refused, so that a flood of `start` requests cannot
 /// grow memory without bound.
@@ -95,8 +103,22 @@ pub(crate) enum CallbackError {
     Store {
         route: String,
         #[source]
-        source: crate::store::StoreError,
+        source: StoreError,
     },
+    #[error(
+        "this sign-in could not be looked up in the token store the gateway's replicas share \
+         ({source}): start the sign-in again once the store is reachable"
+    )]
+    SharedStore {
+        route: Option<String>,
+        #[source]
+        source: StoreError,
+    },
+    #[error(
+        "the route '{route}' this sign-in was started for is no longer configured as it was: \
+         start the sign-in again"
+    )]
+    RouteChanged { route: String },
 }
 
 impl CallbackError {
@@ -107,7 +129,9 @@ impl CallbackError {
             | CallbackError::UnknownState
             | CallbackError::Repeated { .. }
             | CallbackError::TokenInUrl { .. } => None,
-            CallbackError::Denied { route, .. } => route.as_deref(),
+            CallbackError::Denied { route, .. } | CallbackError::SharedStore { route, .. } => {
+                route.as_deref()
+            }
             CallbackError::Expired { route, .. }
             | CallbackError::OtherBrowser { route }
             | CallbackError::OtherPerson { route }
@@ -115,7 +139,8 @@ impl CallbackError {
             | CallbackError::WrongIssuer { route, .. }
             | CallbackError::MissingIssuer { route, .. }
             | CallbackError::Exchange { route, .. }
-            | CallbackError::Store { route, .. } => Some(route),
+            | CallbackError::Store { route, .. }
+            | CallbackError::RouteChanged { route } => Some(route),
         }
     }
 }
@@ -201,6 +226,15 @@ pub(crate) fn binding_cookie_name(state: &str) -> String {
     name
 }
 
+/// The digest of a `state` under which a shared store keeps its flow: SHA-256, in hex, so
+/// that the store never holds a state a callback would accept.
+pub(crate) fn state_digest(state: &str) -> String {
+    Sha256::digest(state.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 /// A sign-in that has begun: where to send the browser, and the cookie to set on it.
 #[derive(Debug)]
 pub(crate) struct Started {
@@ -237,7 +271,97 @@ struct PendingFlow {
     issuer_in_responses: bool,
     /// The value of the binding cookie set on the browser that started the flow.
     browser: Secret,
-    started: Instant,
+    began: Began,
+    /// Also saved in the route's shared store, from which its callback must remove it.
+    saved: bool,
+}
+
+impl PendingFlow {
+    /// The flow as the other replicas sharing the store need it; it began at `started_at`.
+    fn record(&self, started_at: SystemTime) -> StoredFlow {
+        let route = &self.route;
+        StoredFlow {
+            route: route.name.clone(),
+            upstream: route.slot.upstream.clone(),
+            principal: route.principal().map(|own| own.as_str().to_owned()),
+            verifier: self.verifier.clone(),
+            client: self.client.clone(),
+            authorization_endpoint: self.authorization_endpoint.to_string(),
+            token_endpoint: self.token_endpoint.to_string(),
+            resource: self.resource.clone(),
+            issuer: self.issuer.clone(),
+            issuer_in_responses: self.issuer_in_responses,
+            browser: self.browser.clone(),
+            started_at: started_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs()),
+        }
+    }
+}
+
+/// When a flow began, as the replica holding it can tell.
+#[derive(Debug)]
+enum Began {
+    /// On this replica: the monotonic clock, which no clock adjustment moves.
+    Here(Instant),
+    /// On another replica, at this wall-clock time, the only clock replicas share.
+    Elsewhere(SystemTime),
+}
+
+impl Began {
+    fn elapsed(&self) -> Duration {
+        match self {
+            Began::Here(at) => at.elapsed(),
+            // A start in the future (two replicas' clocks disagree) counts as just now.
+            Began::Elsewhere(at) => at.elapsed().unwrap_or_default(),
+        }
+    }
+}
+
+/// What a replica needs to finish a sign-in another one started: the store the routes
+/// share, and the OAuth routes in force, by name.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Handover<'a> {
+    pub(crate) store: Option<&'a Arc<dyn TokenStore>>,
+    pub(crate) routes: &'a HashMap<String, Arc<OAuthRoute>>,
+}
+
+impl Handover<'_> {
+    /// The flow `record` describes, on the route of that name in force here; on a per-user
+    /// route, on the side of the person who started it.
+    async fn rebuild(&self, record: StoredFlow) -> Result<PendingFlow, CallbackError> {
+        let name = record.route.clone();
+        let changed = || CallbackError::RouteChanged {
+            route: name.clone(),
+        };
+        let route = self
+            .routes
+            .get(&record.route)
+            .filter(|route| route.slot.upstream == record.upstream)
+            .ok_or_else(changed)?;
+        let route = match record.principal.as_deref() {
+            None if route.is_per_user() => return Err(changed()),
+            None => Arc::clone(route),
+            Some(own) => {
+                let own = Principal::new(own).ok_or(CallbackError::UnknownState)?;
+                route.user(&own).await.ok_or_else(changed)?
+            }
+        };
+        let endpoint = |text: &str| Url::parse(text).map_err(|_| CallbackError::UnknownState);
+        Ok(PendingFlow {
+            route,
+            verifier: record.verifier,
+            client: record.client,
+            authorization_endpoint: endpoint(&record.authorization_endpoint)?,
+            token_endpoint: endpoint(&record.token_endpoint)?,
+            resource: record.resource,
+            issuer: record.issuer,
+            issuer_in_responses: record.issuer_in_responses,
+            browser: record.browser,
+            began: Began::Elsewhere(UNIX_EPOCH + Duration::from_secs(record.started_at)),
+            saved: false,
+        })
+    }
 }
 
 /// Every sign-in in progress, by `state`.
@@ -246,6 +370,8 @@ pub(crate) struct PendingFlows {
     flows: Mutex<HashMap<String, PendingFlow>>,
     /// How long a person has to finish signing in.
     lifetime: Duration,
+    /// The last save to a shared store failed, which is logged once until one succeeds.
+    save_failing: AtomicBool,
 }
 
 /// A completed sign-in, for the success page.
@@ -282,91 +408,95 @@ impl PendingFlows {
         Self {
             flows: Mutex::new(HashMap::new()),
             lifetime,
+            save_failing: AtomicBool::new(false),
         }
     }
 
     /// Starts a sign-in for `route`: the authorization URL to send the browser to, and the
     /// cookie that must come back with the callback.
     pub(crate) async fn start(&self, route: &Arc<OAuthRoute>) -> Result<Started, StartError> {
-        let discovered = route.discovered().await?;
-        let client = registration::ensure(route, &discovered).await?;
-        let server = &discovered.auth_server;
-        let oauth = exchange::client(
-            &client,
-            &server.authorization_endpoint,
-            &server.token_endpoint,
-            &route.redirect_uri,
-        );
-        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let resource = route.resource(&discovered);
-        let mut request = oauth
-            .authorize_url(CsrfToken::new_random)
-            .set_pkce_challenge(challenge)
-            .add_scopes(
-                route
-                    .scopes_to_request(&discovered)
-                    .into_iter()
-                    .map(Scope::new),
-            );
-        if let Some(resource) = &resource {
-            request = request.add_extra_param("resource", resource.clone());
-        }
-        for (name, value) in &route.settings.authorize_params {
-            request = request.add_extra_param(name.clone(), value.clone());
-        }
-        let (url, state) = request.url();
-        let browser = Secret::new(CsrfToken::new_random_len(32).secret().clone());
+        let (authorize_url, state, flow) = prepare(route).await?;
         let binding = BrowserBinding {
-            name: binding_cookie_name(state.secret()),
-            value: browser.clone(),
+            name: binding_cookie_name(&state),
+            value: flow.browser.clone(),
         };
-
-        let flow = PendingFlow {
-            route: Arc::clone(route),
-            verifier: Secret::new(verifier.secret().clone()),
-            client,
-            authorization_endpoint: server.authorization_endpoint.clone(),
-            token_endpoint: server.token_endpoint.clone(),
-            resource,
-            issuer: server.issuer.clone(),
-            issuer_in_responses: server.issuer_in_responses,
-            browser,
-            started: Instant::now(),
-        };
-        let mut flows = self.flows.lock();
-        flows.retain(|_, flow| flow.started.elapsed() < self.lifetime);
-        if flows.len() >= MAX_PENDING {
-            return Err(StartError::TooMany);
+        let record = route
+            .store
+            .is_shared()
+            .then(|| flow.record(SystemTime::now()));
+        self.admit(&state, flow)?;
+        if let Some(record) = record {
+            self.share(route, &state, &record).await;
         }
-        flows.insert(state.secret().clone(), flow);
         Ok(Started {
-            authorize_url: url,
+            authorize_url,
             binding,
         })
     }
 
+    /// Keeps `flow` in memory, unless too many are in progress.
+    fn admit(&self, state: &str, flow: PendingFlow) -> Result<(), StartError> {
+        let mut flows = self.flows.lock();
+        flows.retain(|_, flow| flow.began.elapsed() < self.lifetime);
+        if flows.len() >= MAX_PENDING {
+            return Err(StartError::TooMany);
+        }
+        flows.insert(state.to_owned(), flow);
+        Ok(())
+    }
+
+    /// Saves the flow of `state` in the route's shared store, so that its callback may land
+    /// on any replica. When that fails, only this replica can finish it, which still works
+    /// for a browser the load balancer keeps here.
+    async fn share(&self, route: &OAuthRoute, state: &str, record: &StoredFlow) {
+        let expires_at = SystemTime::now() + self.lifetime;
+        let saved = route
+            .store
+            .save_flow(&state_digest(state), record, expires_at)
+            .await;
+        match saved {
+            Ok(()) => {
+                if let Some(flow) = self.flows.lock().get_mut(state) {
+                    flow.saved = true;
+                }
+                if self.save_failing.swap(false, Ordering::AcqRel) {
+                    tracing::info!(route = %route.name, "sign-ins are shared with the other replicas again");
+                }
+            }
+            Err(error) => {
+                if !self.save_failing.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(route = %route.name, %error,
+                        "sign-in not shared with the other replicas; its callback must reach this one");
+                }
+            }
+        }
+    }
+
     /// Ends the sign-in that `params` names. `cookie` is the value of the flow's binding
     /// cookie as the callback's browser sent it; on a per-user route, `principal` must be
-    /// whoever started the sign-in.
+    /// whoever started the sign-in. A flow another replica started is found through
+    /// `handover`.
     pub(crate) async fn complete(
         &self,
         params: &CallbackParams,
         cookie: Option<&str>,
         principal: Option<&Principal>,
+        handover: Handover<'_>,
     ) -> Result<SignedIn, CallbackError> {
         let state = params.state().ok_or(CallbackError::MissingState)?;
-        // Taken out before anything else: a state is good for one callback only.
-        let flow = self.flows.lock().remove(state);
+        // Taken out before anything else, here and from a shared store: a state is good for
+        // one callback only.
+        let flow = self.take(state, handover).await;
         if let Some(error) = &params.error {
             return Err(CallbackError::Denied {
-                route: flow.map(|flow| flow.route.name.clone()),
+                route: flow.ok().flatten().map(|flow| flow.route.name.clone()),
                 error: error.clone(),
                 description: params.error_description.clone(),
             });
         }
-        let flow = flow.ok_or(CallbackError::UnknownState)?;
+        let flow = flow?.ok_or(CallbackError::UnknownState)?;
         let route = flow.route.name.clone();
-        if flow.started.elapsed() >= self.lifetime {
+        if flow.began.elapsed() >= self.lifetime {
             return Err(CallbackError::Expired {
                 route,
                 lifetime: self.lifetime,
@@ -393,6 +523,44 @@ impl PendingFlows {
                 route: route.clone(),
             })?;
         self.finish(flow, code).await
+    }
+
+    /// Removes the flow of `state` from memory and from the shared store: the one this
+    /// replica started, or else the one the store holds, rebuilt here.
+    async fn take(
+        &self,
+        state: &str,
+        handover: Handover<'_>,
+    ) -> Result<Option<PendingFlow>, CallbackError> {
+        let local = self.flows.lock().remove(state);
+        let digest = state_digest(state);
+        match local {
+            Some(flow) if flow.saved => {
+                let taken = flow.route.store.take_flow(&digest).await;
+                let taken = taken.map_err(|source| CallbackError::SharedStore {
+                    route: Some(flow.route.name.clone()),
+                    source,
+                })?;
+                // Gone from the store while not yet expired: another replica used it.
+                let fresh = flow.began.elapsed() < self.lifetime;
+                Ok((taken.is_some() || !fresh).then_some(flow))
+            }
+            Some(flow) => Ok(Some(flow)),
+            None => {
+                let Some(store) = handover.store.filter(|store| store.is_shared()) else {
+                    return Ok(None);
+                };
+                let taken = store.take_flow(&digest).await;
+                let taken = taken.map_err(|source| CallbackError::SharedStore {
+                    route: None,
+                    source,
+                })?;
+                match taken {
+                    Some(record) => handover.rebuild(record).await.map(Some),
+                    None => Ok(None),
+                }
+            }
+        }
     }
 
     /// How long a person has to finish signing in, which is also the binding cookie's life.
@@ -448,6 +616,52 @@ impl PendingFlows {
             signed_in: Arc::clone(route),
         })
     }
+}
+
+/// Discovers, registers if need be and builds the authorization request for a sign-in to
+/// `route`: the URL, its `state`, and the flow to keep until the callback.
+async fn prepare(route: &Arc<OAuthRoute>) -> Result<(Url, String, PendingFlow), StartError> {
+    let discovered = route.discovered().await?;
+    let client = registration::ensure(route, &discovered).await?;
+    let server = &discovered.auth_server;
+    let oauth = exchange::client(
+        &client,
+        &server.authorization_endpoint,
+        &server.token_endpoint,
+        &route.redirect_uri,
+    );
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let resource = route.resource(&discovered);
+    let mut request = oauth
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge)
+        .add_scopes(
+            route
+                .scopes_to_request(&discovered)
+                .into_iter()
+                .map(Scope::new),
+        );
+    if let Some(resource) = &resource {
+        request = request.add_extra_param("resource", resource.clone());
+    }
+    for (name, value) in &route.settings.authorize_params {
+        request = request.add_extra_param(name.clone(), value.clone());
+    }
+    let (url, state) = request.url();
+    let flow = PendingFlow {
+        route: Arc::clone(route),
+        verifier: Secret::new(verifier.secret().clone()),
+        client,
+        authorization_endpoint: server.authorization_endpoint.clone(),
+        token_endpoint: server.token_endpoint.clone(),
+        resource,
+        issuer: server.issuer.clone(),
+        issuer_in_responses: server.issuer_in_responses,
+        browser: Secret::new(CsrfToken::new_random_len(32).secret().clone()),
+        began: Began::Here(Instant::now()),
+        saved: false,
+    };
+    Ok((url, state.secret().clone(), flow))
 }
 
 #[cfg(test)]

@@ -23,6 +23,9 @@
 //!   was altered) is reported and left where it is: it is not corrupt, the configuration is
 //!   what needs fixing, and keeping it aside would lose a good sign-in. Saving tokens also
 //!   moves the client registration to the current key (it is otherwise rarely written).
+//! - Sign-ins in progress are not kept here: a directory is one machine's, so the process that
+//!   started a sign-in keeps it in memory and finishes it ([`TokenStore::is_shared`] is
+//!   false).
 //!
 //! The OAuth flow and the refresher reach it through [`TokenStore`]; every file operation runs
 //! on tokio's blocking pool.
@@ -35,13 +38,14 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::sealed::{Keyring, RecordKind};
-use super::{Slot, SlotLock, StoreError, StoredClient, StoredTokens, TokenStore};
+use super::{Slot, SlotLock, StoreError, StoredClient, StoredFlow, StoredTokens, TokenStore};
 
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
@@ -207,6 +211,27 @@ impl TokenStore for FileStore {
             file,
             _local: local,
         }))
+    }
+
+    /// No, as far as sign-ins go: a directory is one machine's, and a sign-in is finished
+    /// by the process that started it.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Keeps nothing: the process that started the sign-in holds it in memory.
+    async fn save_flow(
+        &self,
+        _state_digest: &str,
+        _flow: &StoredFlow,
+        _expires_at: SystemTime,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Never has one, since it keeps none.
+    async fn take_flow(&self, _state_digest: &str) -> Result<Option<StoredFlow>, StoreError> {
+        Ok(None)
     }
 }
 

@@ -7,6 +7,12 @@
 //! configured ([`Keyring`]), kept as `jsonb`; saving tokens also moves the client record to
 //! the current key, only if the row still holds the record that was read.
 //!
+//! - **Sign-ins in progress.** Table `mcp_gateway_flows` holds each [`StoredFlow`] under the
+//!   SHA-256 of its `state` (never the state itself) with its expiry, so that a callback may
+//!   land on any replica. The record is sealed like the others, with the state's digest as
+//!   the associated data. Taking one deletes it in the same statement (`DELETE … RETURNING`),
+//!   so a state works once across all replicas; an expired one is deleted but not returned,
+//!   and saving deletes every expired one. Expiry is judged by the database's clock.
 //! - **Schema.** [`PostgresStore::open`] applies the numbered [`MIGRATIONS`] that table
 //!   `mcp_gateway_schema_version` does not list yet, in order, in one transaction that first
 //!   takes a transaction-scoped advisory lock: replicas starting at once apply them once.
@@ -34,7 +40,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use rustls_pki_types::CertificateDer;
@@ -48,7 +54,9 @@ use tokio_postgres::{Client, NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sealed::{Keyring, RecordKind};
-use super::{Slot, SlotLock, StoreError, StoredClient, StoredTokens, TokenStore};
+use super::{
+    Slot, SlotLock, StoreError, StoredClient, StoredFlow, StoredTokens, TokenStore, unix_seconds,
+};
 
 /// How long an operation may take before the database counts as unreachable.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,13 +71,33 @@ const MIGRATION_LOCK: i64 = 0x6d63_7067_776d_6967;
 
 /// The schema, one step per entry; entry `n` is version `n + 1`. Never edit one that has
 /// shipped: add a new one.
-const MIGRATIONS: &[&str] = &["CREATE TABLE mcp_gateway_slots (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE mcp_gateway_slots (
         slot_hash text PRIMARY KEY,
         route text NOT NULL,
         tokens jsonb,
         client jsonb,
         updated_at timestamptz NOT NULL DEFAULT now()
-    )"];
+    )",
+    "CREATE TABLE mcp_gateway_flows (
+        state_digest text PRIMARY KEY,
+        route text NOT NULL,
+        flow jsonb NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
+    CREATE INDEX mcp_gateway_flows_expiry ON mcp_gateway_flows (expires_at)",
+];
+
+/// Saves a sign-in, deleting the expired ones on the way. A state is random enough never to
+/// repeat; a retried save finds its own row and leaves it.
+const SAVE_FLOW: &str = "WITH expired AS (DELETE FROM mcp_gateway_flows WHERE expires_at <= now())
+    INSERT INTO mcp_gateway_flows (state_digest, route, flow, expires_at)
+    VALUES ($1, $2, $3::text::jsonb, to_timestamp($4::float8))
+    ON CONFLICT (state_digest) DO NOTHING";
+
+/// Takes a sign-in out, whether or not it has expired, and says whether it had.
+const TAKE_FLOW: &str = "DELETE FROM mcp_gateway_flows WHERE state_digest = $1
+    RETURNING flow::text, expires_at > now()";
 
 /// Where the database is: a connection configuration whose password is never shown.
 #[derive(Clone, PartialEq, Eq)]
@@ -548,6 +576,22 @@ impl PostgresStore {
         .map(drop)
     }
 
+    fn flow_record_name(&self) -> String {
+        format!("sign-in in progress in {}", self.health.target)
+    }
+
+    /// A taken sign-in's record, opened and parsed.
+    fn open_flow(&self, state_digest: &str, text: &str) -> Result<StoredFlow, StoreError> {
+        let plain = self
+            .keyring
+            .open_flow(state_digest, text.as_bytes())
+            .map_err(|source| StoreError::sealed(self.flow_record_name(), source))?;
+        serde_json::from_slice(&plain).map_err(|error| StoreError::Unreadable {
+            record: self.flow_record_name(),
+            reason: super::describe(&error),
+        })
+    }
+
     fn local_lock(&self, hash: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.local_locks.lock();
 
@@ -610,6 +654,59 @@ impl TokenStore for PostgresStore {
                 secs: LOCK_TIMEOUT.as_secs(),
             }),
         }
+    }
+
+    /// Yes: every replica on this database sees the sign-ins the others started.
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn save_flow(
+        &self,
+        state_digest: &str,
+        flow: &StoredFlow,
+        expires_at: SystemTime,
+    ) -> Result<(), StoreError> {
+        let sealed = self
+            .keyring
+            .seal_flow(state_digest, flow)
+            .map_err(|source| StoreError::Serialize {
+                record: self.flow_record_name(),
+                source,
+            })?;
+        let text = String::from_utf8_lossy(&sealed).into_owned();
+        let expires_at = unix_seconds(expires_at);
+        self.run("save a sign-in in progress", |client| {
+            let params = (
+                state_digest.to_owned(),
+                flow.route.clone(),
+                RecordText(text.clone()),
+            );
+            async move {
+                client
+                    .execute(SAVE_FLOW, &[&params.0, &params.1, &params.2, &expires_at])
+                    .await
+            }
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn take_flow(&self, state_digest: &str) -> Result<Option<StoredFlow>, StoreError> {
+        let row = self
+            .run("take a sign-in in progress", |client| {
+                let digest = state_digest.to_owned();
+                async move { client.query_opt(TAKE_FLOW, &[&digest]).await }
+            })
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let (text, live): (String, bool) = (row.get(0), row.get(1));
+        if !live {
+            return Ok(None);
+        }
+        self.open_flow(state_digest, &text).map(Some)
     }
 }
 

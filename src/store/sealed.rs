@@ -12,7 +12,8 @@
 //! sealed with XChaCha20-Poly1305 under the first key, with a fresh random nonce per write
 //! (its 192 bits make random nonces safe however many records are written). The slot's hash
 //! and the record's kind are the associated data, so a record copied to another slot, or a
-//! client record put in place of a tokens record, does not open. Every configured key opens:
+//! client record put in place of a tokens record, does not open; a sign-in in progress
+//! ([`Keyring::seal_flow`]) is bound the same way to the digest of its `state`. Every configured key opens:
 //! a record sealed under an older key still reads, and is sealed under the first key when
 //! next written, which is how keys are rotated. A client registration is written only when a
 //! client registers, so the stores [`Keyring::reseal`] it whenever they write the slot's
@@ -32,6 +33,8 @@ use subtle::ConstantTimeEq;
 /// The bytes of a key: 32, as XChaCha20-Poly1305 takes.
 const KEY_BYTES: usize = 32;
 const ENVELOPE_VERSION: u32 = 1;
+/// The kind a sign-in in progress is sealed as; no slot record has it.
+const FLOW_LABEL: &str = "sign-in";
 
 /// Key material: never printed, compared in constant time.
 #[derive(Clone)]
@@ -154,17 +157,42 @@ impl Keyring {
         kind: RecordKind,
         record: &impl Serialize,
     ) -> Result<Vec<u8>, serde_json::Error> {
+        self.seal_bound(&associated_data(slot_hash, kind.as_str()), record)
+    }
+
+    /// A sign-in in progress as it is to be stored, like [`Keyring::seal`]: sealed to the
+    /// digest of its `state`, so it opens under no other.
+    pub(crate) fn seal_flow(
+        &self,
+        state_digest: &str,
+        record: &impl Serialize,
+    ) -> Result<Vec<u8>, serde_json::Error> {
+        self.seal_bound(&associated_data(state_digest, FLOW_LABEL), record)
+    }
+
+    /// A sign-in in progress as [`Keyring::seal_flow`] stored it, opened like
+    /// [`Keyring::open`].
+    pub(crate) fn open_flow<'a>(
+        &self,
+        state_digest: &str,
+        stored: &'a [u8],
+    ) -> Result<Cow<'a, [u8]>, SealError> {
+        self.open_bound(&associated_data(state_digest, FLOW_LABEL), stored)
+    }
+
+    /// `record` as JSON, sealed with `aad` as the associated data under the first key.
+    fn seal_bound(
+        &self,
+        aad: &[u8],
+        record: &impl Serialize,
+    ) -> Result<Vec<u8>, serde_json::Error> {
         let plain = serde_json::to_vec_pretty(record)?;
         let Some(key) = self.keys.first() else {
             return Ok(plain);
         };
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
         let cipher = XChaCha20Poly1305::new((&*key.material.0).into());
-        let aad = associated_data(slot_hash, kind);
-        let payload = Payload {
-            msg: &plain,
-            aad: &aad,
-        };
+        let payload = Payload { msg: &plain, aad };
         // Encryption fails only for messages of many gigabytes; a record is a few hundred bytes.
         let ciphertext = cipher
             .encrypt(&nonce, payload)
@@ -212,6 +240,10 @@ impl Keyring {
         kind: RecordKind,
         stored: &'a [u8],
     ) -> Result<Cow<'a, [u8]>, SealError> {
+        self.open_bound(&associated_data(slot_hash, kind.as_str()), stored)
+    }
+
+    fn open_bound<'a>(&self, aad: &[u8], stored: &'a [u8]) -> Result<Cow<'a, [u8]>, SealError> {
         if serde_json::from_slice::<Marker>(stored).is_err() {
             return Ok(Cow::Borrowed(stored));
         }
@@ -230,7 +262,7 @@ impl Keyring {
             .ok_or_else(|| SealError::MissingKey {
                 key_id: envelope.key_id.clone(),
             })?;
-        open_envelope(key, &envelope, &associated_data(slot_hash, kind)).map(Cow::Owned)
+        open_envelope(key, &envelope, aad).map(Cow::Owned)
     }
 }
 
@@ -258,12 +290,10 @@ fn open_envelope(key: &StoreKey, envelope: &Envelope, aad: &[u8]) -> Result<Vec<
 }
 
 /// What a seal binds besides the record: the format, the slot and the kind of record.
-fn associated_data(slot_hash: &str, kind: RecordKind) -> Vec<u8> {
-    format!(
-        "mcp-u2m-gateway/v{ENVELOPE_VERSION}\n{slot_hash}\n{}",
-        kind.as_str()
-    )
-    .into_bytes()
+/// What a seal binds a record to: the envelope version, the slot's hash (or a sign-in's
+/// state digest) and what kind of record it is.
+fn associated_data(binding: &str, label: &str) -> Vec<u8> {
+    format!("mcp-u2m-gateway/v{ENVELOPE_VERSION}\n{binding}\n{label}").into_bytes()
 }
 
 #[cfg(test)]
@@ -287,6 +317,22 @@ mod tests {
     fn opened(keyring: &Keyring, slot: &str, kind: RecordKind, stored: &[u8]) -> serde_json::Value {
         let plain = keyring.open(slot, kind, stored).expect("opens");
         serde_json::from_slice(&plain).expect("json")
+    }
+
+    #[test]
+    fn a_sealed_flow_opens_only_under_its_own_state_digest() {
+        let keyring = Keyring::new(vec![key("k1", 1)]);
+        let digest = "ab".repeat(32);
+        let stored = keyring.seal_flow(&digest, &record()).expect("seal");
+        let text = String::from_utf8_lossy(&stored);
+        assert!(!text.contains("SECRET"), "{text}");
+        let plain = keyring.open_flow(&digest, &stored).expect("opens");
+        let opened: serde_json::Value = serde_json::from_slice(&plain).expect("json");
+        assert_eq!(opened, record());
+        let elsewhere = keyring.open_flow(&"cd".repeat(32), &stored);
+        assert!(matches!(elsewhere, Err(SealError::DoesNotOpen { .. })));
+        let as_slot_record = keyring.open(&digest, RecordKind::Tokens, &stored);
+        assert!(matches!(as_slot_record, Err(SealError::DoesNotOpen { .. })));
     }
 
     #[test]
