@@ -17,6 +17,7 @@
 mod file;
 mod postgres;
 mod sealed;
+mod workspace_token;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ pub(crate) use file::FileStore;
 pub(crate) use postgres::{PostgresStore, PostgresTarget, Tls as PostgresTls};
 pub use sealed::{KeyError, SealError};
 pub(crate) use sealed::{KeyMaterial, Keyring, StoreKey};
+pub(crate) use workspace_token::WorkspaceCredentials;
+pub use workspace_token::{WorkspaceHostError, WorkspaceTokenError};
 
 /// Which slot: a route's upstream and, in per-user mode, whose tokens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -354,6 +357,12 @@ pub enum StoreError {
     },
     #[error("cannot start the token store's connection runtime")]
     Runtime(#[source] std::io::Error),
+    #[error("cannot get a workspace OAuth token to log in to token store database {target}")]
+    WorkspaceToken {
+        target: String,
+        #[source]
+        source: WorkspaceTokenError,
+    },
     #[error("token store database {target} refused to {action}")]
     Database {
         target: String,

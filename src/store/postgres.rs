@@ -23,6 +23,11 @@
 //! - **Runtime.** Connections are driven by a small runtime of the store's own, since a
 //!   connection must outlive whichever runtime first asked for it (start-up loads tokens on a
 //!   short-lived one). Queries can be awaited from any runtime.
+//! - **Password.** The configured one (URL or `PGPASSWORD`), or, on Databricks Lakebase, an
+//!   OAuth token of the app's service principal from [`WorkspaceTokens`], asked for before
+//!   every new connection: a login needs a token valid at that moment, while an open
+//!   connection outlives it. A token that cannot be had fails the connection attempt with
+//!   [`StoreError::WorkspaceToken`], and the next attempt asks again.
 //! - **TLS.** With `sslmode` `require`, `verify-ca` or `verify-full` the connection uses
 //!   rustls and the server's certificate is always verified, host name included, against
 //!   the Mozilla roots and the configured `ca_file`: stricter than libpq's `require`, which
@@ -48,6 +53,7 @@ use tokio_postgres::{Client, NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sealed::{Keyring, RecordKind};
+use super::workspace_token::{WorkspaceCredentials, WorkspaceTokens};
 use super::{Slot, SlotLock, StoreError, StoredClient, StoredTokens, TokenStore};
 
 /// How long an operation may take before the database counts as unreachable.
@@ -76,6 +82,8 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE mcp_gateway_slots (
 pub(crate) struct PostgresTarget {
     config: tokio_postgres::Config,
     tls: Option<Tls>,
+    /// Log in with a workspace OAuth token rather than a password of the config's.
+    workspace: Option<WorkspaceCredentials>,
 }
 
 /// TLS to the database: the roots its certificate must chain to, besides Mozilla's.
@@ -93,7 +101,23 @@ impl PostgresTarget {
         if tls.is_some() {
             config.ssl_mode(SslMode::Require);
         }
-        Self { config, tls }
+        Self {
+            config,
+            tls,
+            workspace: None,
+        }
+    }
+
+    /// Logs in with an OAuth token of the service principal `credentials` name, fetched
+    /// for each new connection, instead of a password.
+    pub(crate) fn with_workspace_login(mut self, credentials: WorkspaceCredentials) -> Self {
+        self.workspace = Some(credentials);
+        self
+    }
+
+    /// The service principal whose tokens are the password, when logins use them.
+    pub(crate) fn workspace_login(&self) -> Option<&WorkspaceCredentials> {
+        self.workspace.as_ref()
     }
 
     pub(crate) fn uses_tls(&self) -> bool {
@@ -149,6 +173,7 @@ impl fmt::Debug for PostgresTarget {
         f.debug_struct("PostgresTarget")
             .field("target", &self.describe())
             .field("tls", &self.tls)
+            .field("workspace", &self.workspace)
             .finish()
     }
 }
@@ -181,6 +206,8 @@ impl Health {
 pub(crate) struct PostgresStore {
     target: PostgresTarget,
     tls: Option<MakeRustlsConnect>,
+    /// Where login tokens come from, when the password is a workspace token.
+    workspace: Option<Arc<WorkspaceTokens>>,
     keyring: Keyring,
     health: Arc<Health>,
     /// The shared connection; `None` until first used and after it is lost.
@@ -196,6 +223,7 @@ impl fmt::Debug for PostgresStore {
         f.debug_struct("PostgresStore")
             .field("target", &self.target)
             .field("tls", &self.target.uses_tls())
+            .field("workspace_login", &self.workspace.is_some())
             .field("sealed", &!self.keyring.is_empty())
             .finish()
     }
@@ -220,8 +248,18 @@ impl PostgresStore {
             .enable_all()
             .build()
             .map_err(StoreError::Runtime)?;
+        let workspace = match target.workspace.clone() {
+            Some(credentials) => Some(Arc::new(WorkspaceTokens::new(credentials).map_err(
+                |source| StoreError::WorkspaceToken {
+                    target: target.describe(),
+                    source,
+                },
+            )?)),
+            None => None,
+        };
         let store = Self {
             tls: target.connector()?,
+            workspace,
             health: Arc::new(Health {
                 target: target.describe(),
                 lost: AtomicBool::new(false),
@@ -265,7 +303,7 @@ impl PostgresStore {
 
     /// Opens a new connection, driven on the store's runtime.
     async fn connect(&self) -> Result<Client, StoreError> {
-        let config = self.target.config.clone();
+        let config = self.login_config().await?;
         let health = Arc::clone(&self.health);
         let connecting = match self.tls.clone() {
             Some(tls) => self.handle.spawn(open_connection(config, tls, health)),
@@ -283,6 +321,36 @@ impl PostgresStore {
             Ok(Err(joined)) if joined.is_panic() => std::panic::resume_unwind(joined.into_panic()),
             // No answer in time, or the task was cancelled because the store is being dropped.
             Ok(Err(_)) | Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    /// The connection configuration for a login now: the target's, with a fresh workspace
+    /// token as the password when logins use one.
+    async fn login_config(&self) -> Result<tokio_postgres::Config, StoreError> {
+        let mut config = self.target.config.clone();
+        let Some(tokens) = &self.workspace else {
+            return Ok(config);
+        };
+        // On the store's runtime, like the connections: the HTTP client's pooled
+        // connections must not belong to a caller's runtime that may end.
+        let tokens = Arc::clone(tokens);
+        let asking = self.handle.spawn(async move { tokens.password().await });
+        match asking.await {
+            Ok(Ok(token)) => {
+                config.password(token.expose());
+                Ok(config)
+            }
+            Ok(Err(source)) => {
+                let error = StoreError::WorkspaceToken {
+                    target: self.target_name(),
+                    source,
+                };
+                self.health.lost(&error);
+                Err(error)
+            }
+            Err(joined) if joined.is_panic() => std::panic::resume_unwind(joined.into_panic()),
+            // Cancelled because the store is being dropped.
+            Err(_) => Err(self.timed_out()),
         }
     }
 
@@ -685,6 +753,25 @@ mod tests {
         let target = target("postgres://gw:hunter2-SECRET@db.internal:6543/tokens");
         let shown = format!("{} {target:?}", target.describe());
         assert!(shown.contains("gw@db.internal:6543/tokens"), "{shown}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+    }
+
+    #[test]
+    fn a_target_with_a_workspace_login_shows_no_client_secret() {
+        let credentials = WorkspaceCredentials {
+            endpoint: "https://adb-1.azuredatabricks.net/oidc/v1/token"
+                .parse()
+                .expect("url"),
+            client_id: "sp-id".into(),
+            client_secret: crate::secret::Secret::new("dose-SECRET"),
+        };
+        let target = target("postgres://sp-id@instance.database.example/db")
+            .with_workspace_login(credentials);
+        let shown = format!("{target:?}");
+        assert!(
+            shown.contains("sp-id") && shown.contains("oidc/v1/token"),
+            "{shown}"
+        );
         assert!(!shown.contains("SECRET"), "{shown}");
     }
 
