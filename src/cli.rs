@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigSource};
+use crate::config::{Config, ConfigSource, StoreKind};
 use crate::gateway::Gateway;
 
 /// A gateway in front of OAuth-protected MCP servers.
@@ -209,6 +209,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The token store for `check`: the file store's directory, or the database and how the
+/// gateway logs in to it.
+fn store_summary(config: &Config) -> String {
+    match &config.store.kind {
+        StoreKind::File => config.store.dir.display().to_string(),
+        StoreKind::Postgres(target) => match target.workspace_login() {
+            Some(login) => format!(
+                "postgres {} (password: workspace OAuth token of {} from {})",
+                target.describe(),
+                login.client_id,
+                login.endpoint
+            ),
+            None => format!("postgres {}", target.describe()),
+        },
+    }
+}
+
 fn check(args: ConfigArg) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
     let source = match &config.source {
@@ -218,7 +235,7 @@ fn check(args: ConfigArg) -> anyhow::Result<()> {
     println!("configuration: {source}: ok");
     println!("listen:        {}", config.server.listen);
     println!("public url:    {}", config.server.public_url);
-    println!("token store:   {}", config.store.dir.display());
+    println!("token store:   {}", store_summary(&config));
     println!("routes:");
     let width = config
         .routes

@@ -47,6 +47,7 @@ use rustls_pki_types::pem::PemObject;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Socket};
@@ -55,6 +56,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::sealed::{Keyring, RecordKind};
 use super::workspace_token::{WorkspaceCredentials, WorkspaceTokens};
 use super::{Slot, SlotLock, StoreError, StoredClient, StoredTokens, TokenStore};
+use crate::secret::Secret;
 
 /// How long an operation may take before the database counts as unreachable.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -303,42 +305,71 @@ impl PostgresStore {
 
     /// Opens a new connection, driven on the store's runtime.
     async fn connect(&self) -> Result<Client, StoreError> {
-        let config = self.login_config().await?;
+        let login = self.login().await?;
+        let mut attempt = self.attempt(login.config).await;
+        if let (Some(token), Some(Err(source))) = (&login.kept_token, &attempt)
+            && refused_login(source)
+        {
+            // The kept token was refused before its expiry (revoked, or the role's password
+            // changed): once more with a new one.
+            if let Some(tokens) = &self.workspace {
+                tokens.forget(token).await;
+            }
+            let login = self.login().await?;
+            attempt = self.attempt(login.config).await;
+        }
+        match attempt {
+            Some(Ok(client)) => {
+                self.health.connected();
+                Ok(client)
+            }
+            Some(Err(source)) => {
+                self.health.lost(&source);
+                Err(self.classify("connect", source))
+            }
+            None => Err(self.timed_out()),
+        }
+    }
+
+    /// One connection attempt; `None` when there was no answer in time.
+    async fn attempt(
+        &self,
+        config: tokio_postgres::Config,
+    ) -> Option<Result<Client, tokio_postgres::Error>> {
         let health = Arc::clone(&self.health);
         let connecting = match self.tls.clone() {
             Some(tls) => self.handle.spawn(open_connection(config, tls, health)),
             None => self.handle.spawn(open_connection(config, NoTls, health)),
         };
         match tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting).await {
-            Ok(Ok(Ok(client))) => {
-                self.health.connected();
-                Ok(client)
-            }
-            Ok(Ok(Err(source))) => {
-                self.health.lost(&source);
-                Err(self.classify("connect", source))
-            }
+            Ok(Ok(result)) => Some(result),
             Ok(Err(joined)) if joined.is_panic() => std::panic::resume_unwind(joined.into_panic()),
             // No answer in time, or the task was cancelled because the store is being dropped.
-            Ok(Err(_)) | Err(_) => Err(self.timed_out()),
+            Ok(Err(_)) | Err(_) => None,
         }
     }
 
-    /// The connection configuration for a login now: the target's, with a fresh workspace
-    /// token as the password when logins use one.
-    async fn login_config(&self) -> Result<tokio_postgres::Config, StoreError> {
+    /// How to log in now: the target's configuration, with a workspace token as the
+    /// password when logins use one.
+    async fn login(&self) -> Result<Login, StoreError> {
         let mut config = self.target.config.clone();
         let Some(tokens) = &self.workspace else {
-            return Ok(config);
+            return Ok(Login {
+                config,
+                kept_token: None,
+            });
         };
         // On the store's runtime, like the connections: the HTTP client's pooled
         // connections must not belong to a caller's runtime that may end.
         let tokens = Arc::clone(tokens);
         let asking = self.handle.spawn(async move { tokens.password().await });
         match asking.await {
-            Ok(Ok(token)) => {
-                config.password(token.expose());
-                Ok(config)
+            Ok(Ok(password)) => {
+                config.password(password.token.expose());
+                Ok(Login {
+                    config,
+                    kept_token: password.kept.then_some(password.token),
+                })
             }
             Ok(Err(source)) => {
                 let error = StoreError::WorkspaceToken {
@@ -679,6 +710,21 @@ impl TokenStore for PostgresStore {
             }),
         }
     }
+}
+
+/// A connection configuration ready to log in, and the workspace token in it when that
+/// token was a kept one (which a refused login then discards).
+struct Login {
+    config: tokio_postgres::Config,
+    kept_token: Option<Secret>,
+}
+
+/// Whether the server refused the login itself (a wrong or expired password).
+fn refused_login(error: &tokio_postgres::Error) -> bool {
+    error.code().is_some_and(|code| {
+        *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    })
 }
 
 /// A slot lock held by this store: the connection holding the advisory lock (closing it

@@ -11,7 +11,9 @@
 //! secret in HTTP Basic auth) at `/oidc/v1/token` of the workspace. It is kept until it is
 //! within [`RENEW_MARGIN`] of expiry, so every login gets a token good for minutes more;
 //! callers asking at once wait for one request. A refused request is an error that says
-//! why (status and OAuth `error`), and the next connection attempt asks again.
+//! why (status and OAuth `error`), and the next connection attempt asks again. A kept token
+//! the database refuses is forgotten ([`WorkspaceTokens::forget`]), so the store can try
+//! once more with a new one.
 
 use std::fmt;
 use std::time::Duration;
@@ -165,6 +167,13 @@ impl fmt::Debug for CachedToken {
     }
 }
 
+/// A token for one login, and whether it was a kept one rather than just issued.
+#[derive(Debug)]
+pub(crate) struct WorkspacePassword {
+    pub(crate) token: Secret,
+    pub(crate) kept: bool,
+}
+
 /// The token endpoint's answer, as far as it is used.
 #[derive(Deserialize)]
 struct TokenResponse {
@@ -216,15 +225,27 @@ impl WorkspaceTokens {
 
     /// A token to log in with now, good for more than [`RENEW_MARGIN`] when the endpoint
     /// issues tokens that long-lived: the kept one, or a new one.
-    pub(crate) async fn password(&self) -> Result<Secret, WorkspaceTokenError> {
+    pub(crate) async fn password(&self) -> Result<WorkspacePassword, WorkspaceTokenError> {
         let mut cached = self.cached.lock().await;
         if let Some(kept) = cached.as_ref().filter(|kept| kept.good_at(Instant::now())) {
-            return Ok(kept.token.clone());
+            return Ok(WorkspacePassword {
+                token: kept.token.clone(),
+                kept: true,
+            });
         }
         let fresh = self.fetch().await?;
         let token = fresh.token.clone();
         *cached = Some(fresh);
-        Ok(token)
+        Ok(WorkspacePassword { token, kept: false })
+    }
+
+    /// Stops keeping `token`, which the database refused, so the next login asks for a new
+    /// one; a newer token kept meanwhile stays.
+    pub(crate) async fn forget(&self, token: &Secret) {
+        let mut cached = self.cached.lock().await;
+        if cached.as_ref().is_some_and(|kept| kept.token == *token) {
+            *cached = None;
+        }
     }
 
     /// One client-credentials request.
@@ -416,11 +437,30 @@ mod tests {
         let tokens = tokens(addr);
         let asked = (0..20).map(|_| tokens.password());
         let passwords = futures::future::join_all(asked).await;
-        for password in passwords {
-            assert_eq!(password.expect("a token").expose(), "tok-1");
-        }
-        assert_eq!(tokens.password().await.expect("kept").expose(), "tok-1");
+        let fresh = passwords
+            .into_iter()
+            .map(|password| password.expect("a token"))
+            .inspect(|password| assert_eq!(password.token.expose(), "tok-1"))
+            .filter(|password| !password.kept)
+            .count();
+        assert_eq!(fresh, 1, "one caller asked, the others got the kept token");
+        let kept = tokens.password().await.expect("kept");
+        assert!(kept.kept && kept.token.expose() == "tok-1");
         assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_token_is_replaced_but_a_newer_one_is_not() {
+        let (addr, count) = endpoint(3600).await;
+        let tokens = tokens(addr);
+        let first = tokens.password().await.expect("first").token;
+        tokens.forget(&first).await;
+        let second = tokens.password().await.expect("second").token;
+        assert_eq!(second.expose(), "tok-2");
+        tokens.forget(&first).await;
+        let kept = tokens.password().await.expect("kept");
+        assert!(kept.kept && kept.token.expose() == "tok-2");
+        assert_eq!(count.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
@@ -428,8 +468,11 @@ mod tests {
         // Four minutes: already inside the renewal margin when issued.
         let (addr, count) = endpoint(240).await;
         let tokens = tokens(addr);
-        assert_eq!(tokens.password().await.expect("first").expose(), "tok-1");
-        assert_eq!(tokens.password().await.expect("second").expose(), "tok-2");
+        let first = tokens.password().await.expect("first");
+        let second = tokens.password().await.expect("second");
+        assert_eq!(first.token.expose(), "tok-1");
+        assert_eq!(second.token.expose(), "tok-2");
+        assert!(!second.kept);
         assert_eq!(count.load(Ordering::SeqCst), 2);
     }
 }
