@@ -35,8 +35,8 @@ pub(crate) use file::FileStore;
 pub(crate) use postgres::{PostgresStore, PostgresTarget, Tls as PostgresTls};
 pub use sealed::{KeyError, SealError};
 pub(crate) use sealed::{KeyMaterial, Keyring, StoreKey};
-pub(crate) use workspace_token::WorkspaceCredentials;
-pub use workspace_token::{WorkspaceHostError, WorkspaceTokenError};
+pub use workspace_token::WorkspaceTokenError;
+pub(crate) use workspace_token::{WorkspaceCredentials, WorkspaceHostError};
 
 /// Which slot: a route's upstream and, in per-user mode, whose tokens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -360,8 +360,9 @@ pub enum StoreError {
     #[error("cannot get a workspace OAuth token to log in to token store database {target}")]
     WorkspaceToken {
         target: String,
+        /// Boxed: its messages are long, and store errors travel in every `Result` here.
         #[source]
-        source: WorkspaceTokenError,
+        source: Box<WorkspaceTokenError>,
     },
     #[error("token store database {target} refused to {action}")]
     Database {

@@ -26,7 +26,8 @@
 //! - **Password.** The configured one (URL or `PGPASSWORD`), or, on Databricks Lakebase, an
 //!   OAuth token of the app's service principal from [`WorkspaceTokens`], asked for before
 //!   every new connection: a login needs a token valid at that moment, while an open
-//!   connection outlives it. A token that cannot be had fails the connection attempt with
+//!   connection outlives it. A login refused with a kept token is tried once more with a new
+//!   one. A token that cannot be had fails the connection attempt with
 //!   [`StoreError::WorkspaceToken`], and the next attempt asks again.
 //! - **TLS.** With `sslmode` `require`, `verify-ca` or `verify-full` the connection uses
 //!   rustls and the server's certificate is always verified, host name included, against
@@ -254,7 +255,7 @@ impl PostgresStore {
             Some(credentials) => Some(Arc::new(WorkspaceTokens::new(credentials).map_err(
                 |source| StoreError::WorkspaceToken {
                     target: target.describe(),
-                    source,
+                    source: Box::new(source),
                 },
             )?)),
             None => None,
@@ -374,7 +375,7 @@ impl PostgresStore {
             Ok(Err(source)) => {
                 let error = StoreError::WorkspaceToken {
                     target: self.target_name(),
-                    source,
+                    source: Box::new(source),
                 };
                 self.health.lost(&error);
                 Err(error)

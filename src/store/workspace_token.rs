@@ -44,7 +44,7 @@ pub(crate) struct WorkspaceCredentials {
 
 /// Why a workspace URL was refused; the text goes after the variable's name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WorkspaceHostError {
+pub(crate) enum WorkspaceHostError {
     #[error("is not a host name or an https:// URL")]
     Unparsable,
     #[error("uses http://, which is only allowed for a loopback host; use https://")]
@@ -111,9 +111,8 @@ pub enum WorkspaceTokenError {
         source: reqwest::Error,
     },
     #[error(
-        "the workspace token endpoint {endpoint} refused the service principal: HTTP {status}{}; \
-         check DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET, and that the app's service \
-         principal may use the database",
+        "the workspace token endpoint {endpoint} issued no token: HTTP {status}{}; check \
+         DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (the app's service principal)",
         oauth_reason(.error.as_deref(), .description.as_deref())
     )]
     Refused {
@@ -123,11 +122,17 @@ pub enum WorkspaceTokenError {
         description: Option<String>,
     },
     #[error("the workspace token endpoint {endpoint} answered without a usable access token")]
-    Malformed {
+    Unanswered {
         endpoint: String,
         #[source]
         source: reqwest::Error,
     },
+    /// The reason quotes nothing of the answer, which may hold a token.
+    #[error(
+        "the workspace token endpoint {endpoint} answered without a usable access token \
+         ({reason})"
+    )]
+    Malformed { endpoint: String, reason: String },
 }
 
 /// `, error `invalid_client` (description)`, for as much as the endpoint said.
@@ -281,14 +286,18 @@ impl WorkspaceTokens {
                 description,
             });
         }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| WorkspaceTokenError::Unanswered {
+                endpoint: endpoint.to_string(),
+                source: source.without_url(),
+            })?;
         let answer: TokenResponse =
-            response
-                .json()
-                .await
-                .map_err(|source| WorkspaceTokenError::Malformed {
-                    endpoint: endpoint.to_string(),
-                    source: source.without_url(),
-                })?;
+            serde_json::from_slice(&body).map_err(|error| WorkspaceTokenError::Malformed {
+                endpoint: endpoint.to_string(),
+                reason: super::describe(&error),
+            })?;
         let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(0));
         tracing::debug!(endpoint = %endpoint, expires_in_secs = lifetime.as_secs(),
             "workspace token for the token store database obtained");
