@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fill deploy/databricks/build/ with what a Databricks App uploads: app.yaml, the wheel
+# Fill deploy/databricks/build/ with what a Databricks App uploads: app.yaml (and
+# gateway.toml, when deploy/databricks/ has one), the wheel
 # that carries the binary (scripts/build-wheel.sh builds and checks it), and a
 # requirements.txt that installs that wheel. Then, from deploy/databricks/:
 #
@@ -17,6 +18,10 @@ build="deploy/databricks/build"
 rm -rf "$build"
 mkdir -p "$build"
 cp deploy/databricks/app.yaml "$build/"
+# A config file of the operator's own, for instance for a Lakebase token store.
+if [[ -f deploy/databricks/gateway.toml ]]; then
+    cp deploy/databricks/gateway.toml "$build/"
+fi
 cp "$wheel" "$build/"
 echo "./$(basename "$wheel")" >"$build/requirements.txt"
 

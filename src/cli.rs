@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigSource};
+use crate::config::{Config, ConfigSource, StoreKind};
 use crate::gateway::Gateway;
 
 /// A gateway in front of OAuth-protected MCP servers.
@@ -209,11 +209,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where the token store is, as an operator reads it: never a password or a key.
+/// Where the token store is, as an operator reads it: the file store's directory, or the
+/// database and how the gateway logs in to it; never a password or a key.
 pub(crate) fn describe_store(store: &crate::config::StoreConfig) -> String {
     let place = match &store.kind {
-        crate::config::StoreKind::File => store.dir.display().to_string(),
-        crate::config::StoreKind::Postgres(target) => format!("postgres {}", target.describe()),
+        StoreKind::File => store.dir.display().to_string(),
+        StoreKind::Postgres(target) => match target.workspace_login() {
+            Some(login) => format!(
+                "postgres {} (password: workspace OAuth token of {} from {})",
+                target.describe(),
+                login.client_id,
+                login.endpoint
+            ),
+            None => format!("postgres {}", target.describe()),
+        },
     };
     match store.keys.first() {
         Some(key) => format!("{place} (sealed with key {})", key.id),

@@ -584,6 +584,29 @@ pub(crate) enum FieldErrorKind {
     #[error("ca_file needs sslmode require, verify-ca or verify-full: without TLS it is unused")]
     CaFileWithoutTls,
 
+    #[error(
+        "the database login uses a Databricks workspace token: {missing} must be set in the \
+         environment (Databricks Apps sets DATABRICKS_HOST, DATABRICKS_CLIENT_ID and \
+         DATABRICKS_CLIENT_SECRET), or set password_source = \"static\""
+    )]
+    WorkspaceCredentialsMissing { missing: String },
+
+    #[error(
+        "environment variable DATABRICKS_HOST is not a workspace URL; set it to the \
+         workspace's host name"
+    )]
+    InvalidWorkspaceHost {
+        #[source]
+        source: crate::store::WorkspaceHostError,
+    },
+
+    /// The URL is never echoed: it holds a password.
+    #[error(
+        "password_source = \"databricks-oauth\" logs in with a workspace token: remove the \
+         password from url, or set password_source = \"static\""
+    )]
+    PasswordWithWorkspaceLogin,
+
     #[error("encryption key `{id}` needs exactly one of env or file")]
     StoreKeySourceCount { id: String },
 

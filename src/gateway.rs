@@ -678,7 +678,8 @@ fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StartError> {
         StoreKind::Postgres(target) => {
             let store =
                 PostgresStore::open((**target).clone(), keyring).map_err(StartError::Store)?;
-            tracing::info!(database = %target.describe(), sealed, "token store");
+            let workspace_login = target.workspace_login().is_some();
+            tracing::info!(database = %target.describe(), sealed, workspace_login, "token store");
             Ok(Arc::new(store))
         }
     }

@@ -21,6 +21,7 @@
 mod file;
 mod postgres;
 mod sealed;
+mod workspace_token;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -38,6 +39,8 @@ pub(crate) use file::FileStore;
 pub(crate) use postgres::{PostgresStore, PostgresTarget, Tls as PostgresTls};
 pub use sealed::{KeyError, SealError};
 pub(crate) use sealed::{KeyMaterial, Keyring, StoreKey};
+pub use workspace_token::WorkspaceTokenError;
+pub(crate) use workspace_token::{WorkspaceCredentials, WorkspaceHostError};
 
 /// Which slot: a route's upstream and, in per-user mode, whose tokens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -404,6 +407,13 @@ pub enum StoreError {
     },
     #[error("cannot start the token store's connection runtime")]
     Runtime(#[source] std::io::Error),
+    #[error("cannot get a workspace OAuth token to log in to token store database {target}")]
+    WorkspaceToken {
+        target: String,
+        /// Boxed: its messages are long, and store errors travel in every `Result` here.
+        #[source]
+        source: Box<WorkspaceTokenError>,
+    },
     #[error("token store database {target} refused to {action}")]
     Database {
         target: String,

@@ -83,6 +83,8 @@ pub(super) struct RawStore {
     pub(super) url: Option<Spanned<String>>,
     /// Only for `kind = "postgres"` over TLS: extra roots for the database's certificate.
     pub(super) ca_file: Option<Spanned<String>>,
+    /// Only for `kind = "postgres"`: where the database password comes from.
+    pub(super) password_source: Option<Spanned<RawPasswordSource>>,
     #[serde(default)]
     pub(super) encryption_keys: Vec<Spanned<RawStoreKey>>,
 }
@@ -93,6 +95,18 @@ pub(super) enum RawStoreKind {
     #[default]
     File,
     Postgres,
+}
+
+/// `[store] password_source`: the configured password, a Databricks workspace OAuth token,
+/// or (`auto`) the token only when no password is configured and the app's service
+/// principal is in the environment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum RawPasswordSource {
+    #[default]
+    Auto,
+    Static,
+    DatabricksOauth,
 }
 
 /// One of `[store] encryption_keys`: an id and where its material is (never inline).

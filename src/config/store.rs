@@ -8,6 +8,15 @@
 //! `verify-full` means TLS, with the server's certificate always verified (against the
 //! Mozilla roots and `ca_file`); `disable`, `allow` and `prefer` mean none.
 //!
+//! `password_source` says where the database password comes from. `static`: the URL's, else
+//! `PGPASSWORD`, else none. `databricks-oauth`: an OAuth token of the app's service
+//! principal, fetched from the workspace (`DATABRICKS_HOST`) with `DATABRICKS_CLIENT_ID`
+//! and `DATABRICKS_CLIENT_SECRET` before each new connection, as Lakebase expects; the URL
+//! must then hold no password, and `PGPASSWORD` is not read. `auto` (the default) is
+//! `static` when a password is configured, else `databricks-oauth` when all three
+//! variables are set (as on Databricks Apps), else no password. `DATABRICKS_HOST` is a host
+//! name, with or without `https://`; `http://` is accepted for loopback hosts only.
+//!
 //! `encryption_keys` lists `{ id, env }` or `{ id, file }` tables, each naming 32 random bytes
 //! in base64; they are read and checked here, so `check` reports a missing or malformed key
 //! by its id. Neither a key nor a database password is ever part of a message.
@@ -17,10 +26,11 @@ use std::ops::Range;
 use toml::Spanned;
 
 use super::env::{self, Env};
-use super::raw::{RawStore, RawStoreKey, RawStoreKind};
+use super::raw::{RawPasswordSource, RawStore, RawStoreKey, RawStoreKind};
 use super::validate::{Checker, DEFAULT_STORE_DIR};
 use super::{FieldErrorKind, StoreConfig, StoreKind};
-use crate::store::{KeyMaterial, PostgresTarget, PostgresTls, StoreKey};
+use crate::secret::Secret;
+use crate::store::{KeyMaterial, PostgresTarget, PostgresTls, StoreKey, WorkspaceCredentials};
 
 /// The libpq variables that name a database, in the order they are looked at.
 const PG_HOST: &str = "PGHOST";
@@ -29,6 +39,10 @@ const PG_USER: &str = "PGUSER";
 const PG_PASSWORD: &str = "PGPASSWORD";
 const PG_DATABASE: &str = "PGDATABASE";
 const PG_SSLMODE: &str = "PGSSLMODE";
+/// What Databricks Apps sets for the app's service principal and its workspace.
+const DATABRICKS_HOST: &str = "DATABRICKS_HOST";
+const DATABRICKS_CLIENT_ID: &str = "DATABRICKS_CLIENT_ID";
+const DATABRICKS_CLIENT_SECRET: &str = "DATABRICKS_CLIENT_SECRET";
 
 pub(super) fn check(raw: RawStore, checker: &mut Checker<'_>) -> Option<StoreConfig> {
     let kind_span = raw.kind.as_ref().map(Spanned::span);
@@ -44,6 +58,12 @@ pub(super) fn check(raw: RawStore, checker: &mut Checker<'_>) -> Option<StoreCon
                     let kind = FieldErrorKind::PostgresOnlyKey { key };
                     checker.fail(format!("store.{key}"), Some(value.span()), kind);
                 }
+            }
+            if let Some(source) = &raw.password_source {
+                let kind = FieldErrorKind::PostgresOnlyKey {
+                    key: "password_source",
+                };
+                checker.fail("store.password_source".into(), Some(source.span()), kind);
             }
             Some(StoreKind::File)
         }
@@ -178,18 +198,104 @@ fn postgres_target(
     let tls = tls(raw, url_sslmode.as_deref(), checker);
     let (key, span) = match url {
         Some(url) => ("store.url", Some(url.span())),
-        None => ("store.kind", kind_span),
+        None => ("store.kind", kind_span.clone()),
     };
-    let completed =
-        complete_from_env(&mut config, checker.env).and_then(|()| match config.get_user() {
+    let source = password_source(raw);
+    let read_password = source != RawPasswordSource::DatabricksOauth;
+    let completed = complete_from_env(&mut config, checker.env, read_password).and_then(|()| {
+        match config.get_user() {
             Some(_) => Ok(()),
             None => Err(FieldErrorKind::PostgresUserMissing),
-        });
+        }
+    });
     if let Err(kind) = completed {
         checker.fail(key.into(), span, kind);
         return None;
     }
-    Some(PostgresTarget::new(config, tls?))
+    let workspace = workspace_login(raw, config.get_password().is_some(), kind_span, checker);
+    let target = PostgresTarget::new(config, tls?);
+    Some(match workspace? {
+        Some(credentials) => target.with_workspace_login(credentials),
+        None => target,
+    })
+}
+
+fn password_source(raw: &RawStore) -> RawPasswordSource {
+    raw.password_source
+        .as_ref()
+        .map(|source| *source.get_ref())
+        .unwrap_or_default()
+}
+
+/// The service principal whose workspace tokens are the database password, when
+/// `password_source` (or, under `auto`, the environment) asks for one; `Some(None)` for a
+/// login with the configured password, `None` when something is wrong.
+fn workspace_login(
+    raw: &RawStore,
+    has_password: bool,
+    kind_span: Option<Range<usize>>,
+    checker: &mut Checker<'_>,
+) -> Option<Option<WorkspaceCredentials>> {
+    let env = checker.env;
+    let wanted = match password_source(raw) {
+        RawPasswordSource::Static => false,
+        RawPasswordSource::Auto => {
+            !has_password
+                && [
+                    DATABRICKS_HOST,
+                    DATABRICKS_CLIENT_ID,
+                    DATABRICKS_CLIENT_SECRET,
+                ]
+                .iter()
+                .all(|var| env.var(var).is_some())
+        }
+        RawPasswordSource::DatabricksOauth if has_password => {
+            let span = raw.url.as_ref().map(Spanned::span);
+            let kind = FieldErrorKind::PasswordWithWorkspaceLogin;
+            checker.fail("store.url".into(), span, kind);
+            return None;
+        }
+        RawPasswordSource::DatabricksOauth => true,
+    };
+    if !wanted {
+        return Some(None);
+    }
+    match workspace_credentials(env) {
+        Ok(credentials) => Some(Some(credentials)),
+        Err(kind) => {
+            let (key, span) = match &raw.password_source {
+                Some(source) => ("store.password_source", Some(source.span())),
+                None => ("store.kind", kind_span),
+            };
+            checker.fail(key.into(), span, kind);
+            None
+        }
+    }
+}
+
+/// The app's service principal and its workspace's token endpoint, from the environment.
+fn workspace_credentials(env: &dyn Env) -> Result<WorkspaceCredentials, FieldErrorKind> {
+    let vars = [
+        DATABRICKS_HOST,
+        DATABRICKS_CLIENT_ID,
+        DATABRICKS_CLIENT_SECRET,
+    ];
+    let [Some(host), Some(client_id), Some(client_secret)] = vars.map(|var| env.var(var)) else {
+        let missing: Vec<&str> = vars
+            .into_iter()
+            .filter(|var| env.var(var).is_none())
+            .collect();
+        return Err(FieldErrorKind::WorkspaceCredentialsMissing {
+            missing: missing.join(", "),
+        });
+    };
+    let endpoint = WorkspaceCredentials::token_endpoint(&host)
+        .map_err(|source| FieldErrorKind::InvalidWorkspaceHost { source })?;
+    Ok(WorkspaceCredentials {
+        endpoint,
+        client_id: client_id.trim().to_owned(),
+        client_secret: Secret::new(client_secret),
+    })
 }
 
 /// Parses a `postgres://` URL; also returns its `sslmode`, which is taken out first since
@@ -260,10 +366,12 @@ fn sslmode_uses_tls(mode: &str) -> Option<bool> {
     }
 }
 
-/// Fills in, from the libpq variables, what the URL (if any) left out.
+/// Fills in, from the libpq variables, what the URL (if any) left out; `PGPASSWORD` only
+/// when `read_password`.
 fn complete_from_env(
     config: &mut tokio_postgres::Config,
     env: &dyn Env,
+    read_password: bool,
 ) -> Result<(), FieldErrorKind> {
     if config.get_hosts().is_empty()
         && let Some(hosts) = env.var(PG_HOST)
@@ -283,7 +391,8 @@ fn complete_from_env(
     {
         config.user(user);
     }
-    if config.get_password().is_none()
+    if read_password
+        && config.get_password().is_none()
         && let Some(password) = env.var(PG_PASSWORD)
     {
         config.password(password);
@@ -506,6 +615,128 @@ mod tests {
     fn a_bad_pgport_names_the_variable() {
         let env = [("PGHOST", "db"), ("PGUSER", "gw"), ("PGPORT", "five")];
         assert!(error("kind = \"postgres\"", &env).contains("PGPORT"));
+    }
+
+    /// What Databricks Apps sets for a Lakebase database resource and the app itself.
+    const LAKEBASE: [(&str, &str); 7] = [
+        ("PGHOST", "instance-1.database.cloud.databricks.com"),
+        ("PGPORT", "5432"),
+        ("PGUSER", "4f0c-sp-id"),
+        ("PGDATABASE", "databricks_postgres"),
+        ("PGSSLMODE", "require"),
+        ("DATABRICKS_HOST", "adb-1.azuredatabricks.net"),
+        ("DATABRICKS_CLIENT_ID", "4f0c-sp-id"),
+    ];
+
+    /// [`LAKEBASE`] with the client secret, then `extra`, which wins over both.
+    fn lakebase(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        let mut env = LAKEBASE.to_vec();
+        env.push(("DATABRICKS_CLIENT_SECRET", "dose-SECRET"));
+        env.extend_from_slice(extra);
+        env
+    }
+
+    fn workspace_endpoint(config: &Config) -> Option<String> {
+        match &config.store.kind {
+            StoreKind::Postgres(target) => target
+                .workspace_login()
+                .map(|credentials| credentials.endpoint.to_string()),
+            other => panic!("expected postgres, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn databricks_apps_without_a_password_log_in_with_a_workspace_token() {
+        let config = load("kind = \"postgres\"", &lakebase(&[])).expect("valid");
+        assert_eq!(
+            workspace_endpoint(&config).as_deref(),
+            Some("https://adb-1.azuredatabricks.net/oidc/v1/token")
+        );
+        assert_eq!(
+            postgres(&config),
+            "4f0c-sp-id@instance-1.database.cloud.databricks.com:5432/databricks_postgres"
+        );
+        assert!(uses_tls(&config));
+        assert!(!format!("{config:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn a_configured_password_wins_over_the_workspace_under_auto() {
+        let env = lakebase(&[("PGPASSWORD", "pw-SECRET")]);
+        let config = load("kind = \"postgres\"", &env).expect("valid");
+        assert_eq!(workspace_endpoint(&config), None);
+        let store = "kind = \"postgres\"\nurl = \"postgres://gw:pw@db/x\"";
+        assert_eq!(
+            workspace_endpoint(&load(store, &lakebase(&[])).expect("valid")),
+            None
+        );
+    }
+
+    #[test]
+    fn static_never_uses_the_workspace_and_databricks_oauth_ignores_pgpassword() {
+        let store = "kind = \"postgres\"\npassword_source = \"static\"";
+        let config = load(store, &lakebase(&[])).expect("valid");
+        assert_eq!(workspace_endpoint(&config), None);
+        let store = "kind = \"postgres\"\npassword_source = \"databricks-oauth\"";
+        let env = lakebase(&[("PGPASSWORD", "pw-SECRET")]);
+        let config = load(store, &env).expect("valid");
+        assert!(workspace_endpoint(&config).is_some());
+    }
+
+    #[test]
+    fn databricks_oauth_without_the_variables_names_the_missing_ones() {
+        let store = "kind = \"postgres\"\npassword_source = \"databricks-oauth\"";
+        let shown = error(store, &LAKEBASE);
+        assert!(shown.contains("store.password_source"), "{shown}");
+        assert!(
+            shown.contains("DATABRICKS_CLIENT_SECRET must be set"),
+            "{shown}"
+        );
+        assert!(!shown.contains("DATABRICKS_CLIENT_ID,"), "{shown}");
+    }
+
+    #[test]
+    fn databricks_oauth_with_a_password_in_the_url_is_refused_without_echoing_it() {
+        let store = "kind = \"postgres\"\npassword_source = \"databricks-oauth\"\n\
+                     url = \"postgres://sp:pw-SECRET@db/x\"";
+        let shown = error(store, &lakebase(&[]));
+        assert!(
+            shown.contains("store.url") && shown.contains("remove the password"),
+            "{shown}"
+        );
+        assert!(!shown.contains("SECRET"), "{shown}");
+    }
+
+    #[test]
+    fn a_plain_http_workspace_host_is_refused_unless_it_is_loopback() {
+        let env = lakebase(&[("DATABRICKS_HOST", "http://adb-1.azuredatabricks.net")]);
+        let shown = error("kind = \"postgres\"", &env);
+        assert!(
+            shown.contains("store.kind") && shown.contains("DATABRICKS_HOST"),
+            "{shown}"
+        );
+        assert!(shown.contains("loopback"), "{shown}");
+        let env = lakebase(&[("DATABRICKS_HOST", "http://127.0.0.1:9")]);
+        let config = load("kind = \"postgres\"", &env).expect("valid");
+        assert_eq!(
+            workspace_endpoint(&config).as_deref(),
+            Some("http://127.0.0.1:9/oidc/v1/token")
+        );
+    }
+
+    #[test]
+    fn password_source_is_checked_by_name_and_only_for_postgres() {
+        let shown = error("password_source = \"databricks-oauth\"", &[]);
+        assert!(
+            shown.contains("store.password_source: password_source only applies"),
+            "{shown}"
+        );
+        let shown = error(
+            "kind = \"postgres\"\npassword_source = \"oauth\"",
+            &lakebase(&[]),
+        );
+        assert!(shown.contains("store.password_source"), "{shown}");
+        assert!(shown.contains("databricks-oauth"), "{shown}");
     }
 
     #[test]

@@ -29,6 +29,12 @@
 //! - **Runtime.** Connections are driven by a small runtime of the store's own, since a
 //!   connection must outlive whichever runtime first asked for it (start-up loads tokens on a
 //!   short-lived one). Queries can be awaited from any runtime.
+//! - **Password.** The configured one (URL or `PGPASSWORD`), or, on Databricks Lakebase, an
+//!   OAuth token of the app's service principal from [`WorkspaceTokens`], asked for before
+//!   every new connection: a login needs a token valid at that moment, while an open
+//!   connection outlives it. A login refused with a kept token is tried once more with a new
+//!   one. A token that cannot be had fails the connection attempt with
+//!   [`StoreError::WorkspaceToken`], and the next attempt asks again.
 //! - **TLS.** With `sslmode` `require`, `verify-ca` or `verify-full` the connection uses
 //!   rustls and the server's certificate is always verified, host name included, against
 //!   the Mozilla roots and the configured `ca_file`: stricter than libpq's `require`, which
@@ -48,15 +54,18 @@ use rustls_pki_types::pem::PemObject;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sealed::{Keyring, RecordKind};
+use super::workspace_token::{WorkspaceCredentials, WorkspaceTokens};
 use super::{
     Slot, SlotLock, StoreError, StoredClient, StoredFlow, StoredTokens, TokenStore, unix_seconds,
 };
+use crate::secret::Secret;
 
 /// How long an operation may take before the database counts as unreachable.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,6 +113,8 @@ const TAKE_FLOW: &str = "DELETE FROM mcp_gateway_flows WHERE state_digest = $1
 pub(crate) struct PostgresTarget {
     config: tokio_postgres::Config,
     tls: Option<Tls>,
+    /// Log in with a workspace OAuth token rather than a password of the config's.
+    workspace: Option<WorkspaceCredentials>,
 }
 
 /// TLS to the database: the roots its certificate must chain to, besides Mozilla's.
@@ -121,7 +132,23 @@ impl PostgresTarget {
         if tls.is_some() {
             config.ssl_mode(SslMode::Require);
         }
-        Self { config, tls }
+        Self {
+            config,
+            tls,
+            workspace: None,
+        }
+    }
+
+    /// Logs in with an OAuth token of the service principal `credentials` name, fetched
+    /// for each new connection, instead of a password.
+    pub(crate) fn with_workspace_login(mut self, credentials: WorkspaceCredentials) -> Self {
+        self.workspace = Some(credentials);
+        self
+    }
+
+    /// The service principal whose tokens are the password, when logins use them.
+    pub(crate) fn workspace_login(&self) -> Option<&WorkspaceCredentials> {
+        self.workspace.as_ref()
     }
 
     pub(crate) fn uses_tls(&self) -> bool {
@@ -177,6 +204,7 @@ impl fmt::Debug for PostgresTarget {
         f.debug_struct("PostgresTarget")
             .field("target", &self.describe())
             .field("tls", &self.tls)
+            .field("workspace", &self.workspace)
             .finish()
     }
 }
@@ -209,6 +237,8 @@ impl Health {
 pub(crate) struct PostgresStore {
     target: PostgresTarget,
     tls: Option<MakeRustlsConnect>,
+    /// Where login tokens come from, when the password is a workspace token.
+    workspace: Option<Arc<WorkspaceTokens>>,
     keyring: Keyring,
     health: Arc<Health>,
     /// The shared connection; `None` until first used and after it is lost.
@@ -224,6 +254,7 @@ impl fmt::Debug for PostgresStore {
         f.debug_struct("PostgresStore")
             .field("target", &self.target)
             .field("tls", &self.target.uses_tls())
+            .field("workspace_login", &self.workspace.is_some())
             .field("sealed", &!self.keyring.is_empty())
             .finish()
     }
@@ -248,8 +279,18 @@ impl PostgresStore {
             .enable_all()
             .build()
             .map_err(StoreError::Runtime)?;
+        let workspace = match target.workspace.clone() {
+            Some(credentials) => Some(Arc::new(WorkspaceTokens::new(credentials).map_err(
+                |source| StoreError::WorkspaceToken {
+                    target: target.describe(),
+                    source: Box::new(source),
+                },
+            )?)),
+            None => None,
+        };
         let store = Self {
             tls: target.connector()?,
+            workspace,
             health: Arc::new(Health {
                 target: target.describe(),
                 lost: AtomicBool::new(false),
@@ -293,24 +334,83 @@ impl PostgresStore {
 
     /// Opens a new connection, driven on the store's runtime.
     async fn connect(&self) -> Result<Client, StoreError> {
-        let config = self.target.config.clone();
+        let login = self.login().await?;
+        let mut attempt = self.attempt(login.config).await;
+        if let (Some(token), Some(Err(source))) = (&login.kept_token, &attempt)
+            && refused_login(source)
+        {
+            // The kept token was refused before its expiry (revoked, or the role's password
+            // changed): once more with a new one.
+            if let Some(tokens) = &self.workspace {
+                tokens.forget(token).await;
+            }
+            let login = self.login().await?;
+            attempt = self.attempt(login.config).await;
+        }
+        match attempt {
+            Some(Ok(client)) => {
+                self.health.connected();
+                Ok(client)
+            }
+            Some(Err(source)) => {
+                self.health.lost(&source);
+                Err(self.classify("connect", source))
+            }
+            None => Err(self.timed_out()),
+        }
+    }
+
+    /// One connection attempt; `None` when there was no answer in time.
+    async fn attempt(
+        &self,
+        config: tokio_postgres::Config,
+    ) -> Option<Result<Client, tokio_postgres::Error>> {
         let health = Arc::clone(&self.health);
         let connecting = match self.tls.clone() {
             Some(tls) => self.handle.spawn(open_connection(config, tls, health)),
             None => self.handle.spawn(open_connection(config, NoTls, health)),
         };
         match tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting).await {
-            Ok(Ok(Ok(client))) => {
-                self.health.connected();
-                Ok(client)
-            }
-            Ok(Ok(Err(source))) => {
-                self.health.lost(&source);
-                Err(self.classify("connect", source))
-            }
+            Ok(Ok(result)) => Some(result),
             Ok(Err(joined)) if joined.is_panic() => std::panic::resume_unwind(joined.into_panic()),
             // No answer in time, or the task was cancelled because the store is being dropped.
-            Ok(Err(_)) | Err(_) => Err(self.timed_out()),
+            Ok(Err(_)) | Err(_) => None,
+        }
+    }
+
+    /// How to log in now: the target's configuration, with a workspace token as the
+    /// password when logins use one.
+    async fn login(&self) -> Result<Login, StoreError> {
+        let mut config = self.target.config.clone();
+        let Some(tokens) = &self.workspace else {
+            return Ok(Login {
+                config,
+                kept_token: None,
+            });
+        };
+        // On the store's runtime, like the connections: the HTTP client's pooled
+        // connections must not belong to a caller's runtime that may end.
+        let tokens = Arc::clone(tokens);
+        let asking = self.handle.spawn(async move { tokens.password().await });
+        match asking.await {
+            Ok(Ok(password)) => {
+                config.password(password.token.expose());
+                Ok(Login {
+                    config,
+                    kept_token: password.kept.then_some(password.token),
+                })
+            }
+            Ok(Err(source)) => {
+                let error = StoreError::WorkspaceToken {
+                    target: self.target_name(),
+                    source: Box::new(source),
+                };
+                self.health.lost(&error);
+                Err(error)
+            }
+            Err(joined) if joined.is_panic() => std::panic::resume_unwind(joined.into_panic()),
+            // Cancelled because the store is being dropped.
+            Err(_) => Err(self.timed_out()),
         }
     }
 
@@ -710,6 +810,21 @@ impl TokenStore for PostgresStore {
     }
 }
 
+/// A connection configuration ready to log in, and the workspace token in it when that
+/// token was a kept one (which a refused login then discards).
+struct Login {
+    config: tokio_postgres::Config,
+    kept_token: Option<Secret>,
+}
+
+/// Whether the server refused the login itself (a wrong or expired password).
+fn refused_login(error: &tokio_postgres::Error) -> bool {
+    error.code().is_some_and(|code| {
+        *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    })
+}
+
 /// A slot lock held by this store: the connection holding the advisory lock (closing it
 /// frees the lock on the server), then the in-process mutex.
 struct HeldLock {
@@ -782,6 +897,25 @@ mod tests {
         let target = target("postgres://gw:hunter2-SECRET@db.internal:6543/tokens");
         let shown = format!("{} {target:?}", target.describe());
         assert!(shown.contains("gw@db.internal:6543/tokens"), "{shown}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+    }
+
+    #[test]
+    fn a_target_with_a_workspace_login_shows_no_client_secret() {
+        let credentials = WorkspaceCredentials {
+            endpoint: "https://adb-1.azuredatabricks.net/oidc/v1/token"
+                .parse()
+                .expect("url"),
+            client_id: "sp-id".into(),
+            client_secret: crate::secret::Secret::new("dose-SECRET"),
+        };
+        let target = target("postgres://sp-id@instance.database.example/db")
+            .with_workspace_login(credentials);
+        let shown = format!("{target:?}");
+        assert!(
+            shown.contains("sp-id") && shown.contains("oidc/v1/token"),
+            "{shown}"
+        );
         assert!(!shown.contains("SECRET"), "{shown}");
     }
 

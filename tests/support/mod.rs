@@ -7,6 +7,7 @@ pub mod mock_upstream;
 pub mod postgres;
 pub mod process;
 pub mod signin;
+pub mod workspace_oauth;
 
 /// A complete MCP `initialize` request (id 1), as a client opening a session sends it.
 pub fn initialize_request() -> serde_json::Value {

@@ -6,7 +6,8 @@
 //! `scripts/install-test-deps.sh` installs it. PostgreSQL refuses to run as root, so a test
 //! running as root runs both as the `postgres` system user, with the directory handed to it.
 //! The server requires a password (SCRAM) over TCP, as a real deployment would.
-//! [`TestPostgres::start_with_tls`] also serves TLS, with a certificate for `127.0.0.1` and
+//! [`TestPostgres::set_password`] changes the role's password (to a token a mock issued,
+//! say); the test's own connections follow. [`TestPostgres::start_with_tls`] also serves TLS, with a certificate for `127.0.0.1` and
 //! `localhost` from a private CA made by `rcgen`.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -32,6 +33,8 @@ pub struct TestPostgres {
     run_as: Option<(u32, u32)>,
     server: Option<Child>,
     tls: bool,
+    /// The role's password now: [`PASSWORD`] until [`TestPostgres::set_password`].
+    password: String,
 }
 
 impl TestPostgres {
@@ -57,6 +60,7 @@ impl TestPostgres {
             run_as,
             server: None,
             tls,
+            password: PASSWORD.to_owned(),
         };
         server.init();
         if tls {
@@ -71,12 +75,32 @@ impl TestPostgres {
         self.dir.path().join("ca.pem")
     }
 
-    /// `postgres://gateway:…@127.0.0.1:PORT/postgres`, password included.
+    /// `postgres://gateway:…@127.0.0.1:PORT/postgres`, the current password included.
     pub fn url(&self) -> String {
         format!(
-            "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}",
-            self.port
+            "postgres://{USER}:{}@127.0.0.1:{}/{DATABASE}",
+            self.password, self.port
         )
+    }
+
+    /// The TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sets the role's password to `password` (plain characters, no quotes), which logins
+    /// need from now on; sessions already open stay.
+    pub async fn set_password(&mut self, password: &str) {
+        assert!(
+            !password.contains('\''),
+            "a password without quotes, please"
+        );
+        self.client()
+            .await
+            .batch_execute(&format!("ALTER ROLE {USER} PASSWORD '{password}'"))
+            .await
+            .expect("set the role's password");
+        self.password = password.to_owned();
     }
 
     /// A client for the test's own queries, driven on the calling runtime.
