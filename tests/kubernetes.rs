@@ -1,19 +1,20 @@
 //! The Kubernetes deployment in `deploy/kubernetes/`: its `gateway.toml` passes `check` with
 //! exactly the environment the Deployment gives the pods, the manifests hang together, and
 //! two replicas running that configuration on one PostgreSQL database serve many people,
-//! each with their own tokens, refreshing each person's token once between them.
+//! each with their own tokens, refreshing each person's token once between them. The
+//! replicas are the binary, started with the environment the Deployment gives its pods.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderValue};
-use support::gateway::{TestGateway, start};
 use support::mock_upstream::{MockOptions, MockUpstream};
 use support::postgres::TestPostgres;
+use support::process::{Running, gateway_command, listening_url};
 use support::signin::location;
 
 const IDENTITY: &str = "x-auth-request-email";
@@ -132,38 +133,51 @@ fn the_manifests_name_each_other_consistently() {
 }
 
 /// deploy/kubernetes/gateway.toml as a test runs it: on loopback, against `upstream`, with
-/// the database's URL, and the key and admin token from files instead of the environment.
+/// the database's URL; everything else as the pods have it.
 fn replica_config(upstream: &MockUpstream, db: &TestPostgres, public_url: Option<&str>) -> String {
-    let mut text = read("gateway.toml")
+    let public = match public_url {
+        Some(url) => format!("public_url = \"{url}\""),
+        None => String::new(),
+    };
+    read("gateway.toml")
         .replace("listen = \"0.0.0.0:8000\"", "listen = \"127.0.0.1:0\"")
         .replace("https://mcp.atlassian.com/v1", upstream.base_url())
         .replace(
             "dir = \"/var/lib/mcp-gateway\"",
             &format!("dir = \"{{dir}}/state\"\nurl = \"{}\"", db.url()),
         )
-        .replace("env = \"GATEWAY_STORE_KEY\"", "file = \"{dir}/store-key\"")
-        .replace(
-            "token_env = \"MCP_GATEWAY_ADMIN_TOKEN\"",
-            "token_file = \"{dir}/admin-token\"",
-        );
-    let public = match public_url {
-        Some(url) => format!("public_url = \"{url}\""),
-        None => String::new(),
-    };
-    text = text
         .replace("public_url = \"https://mcp.example.com\"", &public)
-        .replace("allowed_hosts = [\"mcp.example.com\"]", "");
-    text
+        .replace("allowed_hosts = [\"mcp.example.com\"]", "")
 }
 
-fn replica(upstream: &MockUpstream, db: &TestPostgres, public_url: Option<&str>) -> TestGateway {
-    start(
-        &replica_config(upstream, db, public_url),
-        &[
-            ("store-key", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
-            ("admin-token", "admin-token-0123456789abcdef"),
-        ],
-    )
+/// One replica: the binary, as a pod runs it, with the Deployment's environment.
+struct Replica {
+    url: String,
+    _process: Running,
+    _dir: tempfile::TempDir,
+}
+
+fn replica(upstream: &MockUpstream, db: &TestPostgres, public_url: Option<&str>) -> Replica {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gateway.toml");
+    let text = replica_config(upstream, db, public_url)
+        .replace("{dir}", &dir.path().display().to_string());
+    std::fs::write(&config, text).expect("write config");
+    let mut child = gateway_command()
+        .env_clear()
+        .envs(deployment_environment())
+        .env("RUST_LOG", "warn")
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start a replica");
+    let url = listening_url(&mut child);
+    Replica {
+        url,
+        _process: Running::new(child),
+        _dir: dir,
+    }
 }
 
 /// A browser of `who`, as the authenticating proxy in front delivers its requests.
@@ -226,11 +240,11 @@ async fn two_replicas_on_one_database_serve_many_people_and_refresh_each_token_o
     })
     .await;
     let first = replica(&upstream, &db, None);
-    let public_url = first.url().replace("127.0.0.1", "localhost");
+    let public_url = first.url.replace("127.0.0.1", "localhost");
     let second = replica(&upstream, &db, Some(&public_url));
     let people: Vec<String> = (1..=5).map(|n| format!("person{n}@example.com")).collect();
     for who in &people {
-        sign_in(&person(who), &first.url()).await;
+        sign_in(&person(who), &first.url).await;
     }
     let signed_in = Instant::now();
 
@@ -244,7 +258,7 @@ async fn two_replicas_on_one_database_serve_many_people_and_refresh_each_token_o
     let browsers: Vec<reqwest::Client> = people.iter().map(|who| person(who)).collect();
     let requests = (0..1000).map(|n| {
         let (who, browser) = (&people[n % people.len()], &browsers[n % people.len()]);
-        let url = format!("{}/atlassian/anything", [&first, &second][n % 2].url());
+        let url = format!("{}/atlassian/anything", [&first, &second][n % 2].url);
         let request = browser.get(url).header("x-test-person", who.as_str());
         tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) })
     });
