@@ -42,9 +42,6 @@ use crate::token::{AccessToken, TokenError, TokenSource};
 use inbound::Client;
 use replay::ReplayBody;
 
-/// The Streamable HTTP session header.
-const MCP_SESSION_ID: &str = "mcp-session-id";
-
 /// The JSON-RPC error code of a request a plugin refused (in the range JSON-RPC leaves to
 /// servers; 429 in its last digits, for the HTTP status it comes with).
 const REFUSED_BY_PLUGIN: i64 = -32029;
@@ -264,12 +261,8 @@ impl ProxyHttp for GatewayProxy {
     ) -> pingora::Result<()> {
         headers::prepare_downstream(upstream_response);
         if let Some(route) = &ctx.route {
-            if let (Some(owners), Some(client), Some(id)) = (
-                &route.session_owners,
-                &ctx.client,
-                upstream_response.headers.get(MCP_SESSION_ID),
-            ) {
-                owners.record(id.as_bytes(), client);
+            if let (Some(owners), Some(client)) = (&route.session_owners, &ctx.client) {
+                owners.note_response(upstream_response, client);
             }
             route.set_upstream_unreachable(false);
             route.filter_response(upstream_response);
@@ -577,17 +570,14 @@ impl GatewayProxy {
             Ok(token) => token,
             Err(error) => return self.answer_no_token(session, &route, &error, message).await,
         };
-        let cors = ctx.cors.as_deref();
-        let resent = stream::resend(
-            session,
-            &self.shared,
-            &route,
-            &url,
-            token.as_ref(),
+        let request = stream::WholeRequest {
+            url: &url,
+            token: token.as_ref(),
             body,
-            cors,
-        )
-        .await?;
+            cors: ctx.cors.as_deref(),
+            client: ctx.client.as_ref(),
+        };
+        let resent = stream::resend(session, &self.shared, &route, request).await?;
         if let Some(status) = resent {
             return Ok(status);
         }
@@ -780,7 +770,7 @@ impl GatewayProxy {
             return false;
         };
         let request = session.req_header();
-        let Some(id) = request.headers.get(MCP_SESSION_ID) else {
+        let Some(id) = request.headers.get(owners::SESSION_ID) else {
             return false;
         };
         if owners.belongs_to_another(id.as_bytes(), client) {
@@ -871,17 +861,14 @@ impl GatewayProxy {
         let Some(url) = ctx.upstream_url.clone() else {
             return Error::e_explain(ErrorType::InternalError, "request without a route");
         };
-        let cors = ctx.cors.clone();
-        let sent = stream::resend(
-            session,
-            &self.shared,
-            route,
-            &url,
-            ctx.token.as_ref(),
+        let request = stream::WholeRequest {
+            url: &url,
+            token: ctx.token.as_ref(),
             body,
-            cors.as_deref(),
-        )
-        .await?;
+            cors: ctx.cors.as_deref(),
+            client: ctx.client.as_ref(),
+        };
+        let sent = stream::resend(session, &self.shared, route, request).await?;
         match sent {
             Some(status) => Ok(status),
             // The upstream refused the token: refreshed and sent once more, as any request.

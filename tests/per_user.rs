@@ -392,6 +392,62 @@ async fn sessions_belong_to_the_person_who_opened_them() {
     assert_eq!(post(&alice).await.expect("post").status(), 202);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_belong_to_their_person_on_a_route_whose_plugins_read_messages_too() {
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    let gateway = start(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+trusted_identity_header = "X-Forwarded-Email"
+principal = "forwarded"
+[store]
+dir = "{{dir}}/store"
+[[routes]]
+name = "up"
+prefix = "/up"
+upstream = "{}"
+[routes.auth]
+kind = "oauth"
+[[routes.plugins]]
+kind = "tool_filter"
+deny = ["admin_*"]
+"#,
+            upstream.base_url()
+        ),
+        &[],
+    );
+    let base = gateway.url();
+    let (alice, bob) = (person(Some(ALICE)), person(Some(BOB)));
+    for who in [&alice, &bob] {
+        assert_eq!(sign_in(who, &base, "up").await, 200);
+    }
+    let opened = rpc(&alice, &base, None, &support::initialize_request()).await;
+    assert_eq!(opened.status(), 200);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    assert_eq!(rpc(&bob, &base, Some(&session), &list).await.status(), 404);
+    let own: Value = rpc(&alice, &base, Some(&session), &list)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let names: Vec<&str> = own["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|tool| tool["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"echo") && !names.contains(&"admin_echo"),
+        "{names:?}"
+    );
+}
+
 async fn refresher_tasks(base: &str) -> f64 {
     let text = reqwest::get(format!("{base}/metrics"))
         .await

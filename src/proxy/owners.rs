@@ -16,6 +16,9 @@ use sha2::{Digest, Sha256};
 
 use super::inbound::Client;
 
+/// The Streamable HTTP session header.
+pub(crate) const SESSION_ID: &str = "mcp-session-id";
+
 /// Sessions remembered per route; past it, the oldest is forgotten.
 const MAX_SESSIONS: usize = 65_536;
 
@@ -46,6 +49,13 @@ impl SessionOwners {
             if let Some(oldest) = owners.order.pop_front() {
                 owners.by_session.remove(&oldest);
             }
+        }
+    }
+
+    /// Notes the session a response hands to `owner`, if it hands out one.
+    pub(crate) fn note_response(&self, response: &pingora::http::ResponseHeader, owner: &Client) {
+        if let Some(id) = response.headers.get(SESSION_ID) {
+            self.record(id.as_bytes(), owner);
         }
     }
 

@@ -25,7 +25,7 @@ use tokio::time::{Instant, sleep_until};
 use url::Url;
 
 use super::headers;
-use super::inbound::Caller;
+use super::inbound::{Caller, Client};
 use super::legacy::{LegacyStreams, Registration};
 use super::reply;
 use super::sse::{EndpointRewriter, SseScanner};
@@ -130,18 +130,35 @@ pub(crate) async fn relay(
     .map(Some)
 }
 
-/// Sends a request once more with its whole `body`, after the upstream refused its token and
-/// the token was refreshed, and relays the response. `None` when the upstream refused the
-/// new token too: the caller gives up and asks for sign-in.
+/// A request the gateway sends upstream itself with its whole body: after the upstream
+/// refused its token, or after the route's plugins read it.
+#[derive(Debug)]
+pub(crate) struct WholeRequest<'a> {
+    pub(crate) url: &'a Url,
+    pub(crate) token: Option<&'a AccessToken>,
+    pub(crate) body: Bytes,
+    /// The allow-listed cross-origin `Origin` to answer CORS for.
+    pub(crate) cors: Option<&'a str>,
+    /// Who is asking: on a per-user route, the owner of a session the upstream opens.
+    pub(crate) client: Option<&'a Client>,
+}
+
+/// Sends a request once more with its whole body, after the upstream refused its token and
+/// the token was refreshed (or after plugins read it), and relays the response. `None` when
+/// the upstream refused the token: the caller gives up and asks for sign-in.
 pub(crate) async fn resend(
     session: &mut Session,
     shared: &Shared,
     route: &Route,
-    url: &Url,
-    token: Option<&AccessToken>,
-    body: Bytes,
-    cors: Option<&str>,
+    request: WholeRequest<'_>,
 ) -> pingora::Result<Option<u16>> {
+    let WholeRequest {
+        url,
+        token,
+        body,
+        cors,
+        client,
+    } = request;
     let mut upstream = match open(session, shared, route, url, token, Some(body)).await {
         Ok(upstream) => upstream,
         Err(error) => {
@@ -153,6 +170,11 @@ pub(crate) async fn resend(
     if refused(&upstream, route) {
         upstream.shutdown().await;
         return Ok(None);
+    }
+    if let (Some(owners), Some(client), Some(response)) =
+        (&route.session_owners, client, upstream.response_header())
+    {
+        owners.note_response(response, client);
     }
     // A request-scoped stream carries the upstream's own events; it gets no keepalives.
     relay_response(session, shared, route, url, upstream, None, cors)
