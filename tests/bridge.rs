@@ -713,10 +713,14 @@ async fn what_the_upstream_starts_reaches_the_client_and_a_forgotten_session_end
     state.send_to_every_client(&changed);
     assert_eq!(stream.next().await, changed);
 
-    // The upstream forgets the session: the next message ends the client's stream.
+    // The upstream forgets the session: the next message the bridge sends gets 404, which
+    // ends the client's stream. Under load that may be the handshake's own
+    // `notifications/initialized`, still on its way upstream; then the ping finds the
+    // session over already and gets 404 itself.
     state.forget_sessions();
     let ping = json!({"jsonrpc": "2.0", "id": 30, "method": "ping"});
-    assert_eq!(post(&base, &stream.endpoint, &ping, None).await, 202);
+    let posted = post(&base, &stream.endpoint, &ping, None).await;
+    assert!(matches!(posted, 202 | 404), "{posted}");
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
         while stream.events.recv().await.is_some() {}
     })
