@@ -307,9 +307,16 @@ fn init_logging(format: LogFormat) {
 
     let env =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    // The hint keeps the global level at what `RUST_LOG` asks for: without one, every
+    // disabled `log` call in pingora's request path would still be built and then filtered.
+    let wanted = env.max_level_hint();
     let ours_or_info = filter::filter_fn(|meta| {
         meta.target().starts_with("mcp_u2m_gateway") || *meta.level() <= tracing::Level::INFO
     });
+    let ours_or_info = match wanted {
+        Some(level) => ours_or_info.with_max_level_hint(level),
+        None => ours_or_info,
+    };
     let json = match format {
         LogFormat::Auto => !std::io::stderr().is_terminal(),
         LogFormat::Text => false,

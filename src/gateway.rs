@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::connectors::http::Connector;
+use pingora::connectors::TransportConnector;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{
     ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
@@ -112,6 +112,7 @@ pub(crate) struct Shared {
     /// One reload at a time.
     pub(crate) reloading: tokio::sync::Mutex<()>,
     pub(crate) keepalive: Option<Duration>,
+    /// Opens the connections of the requests the gateway sends upstream itself (TCP, TLS).
     pub(crate) connector: ConnectorDebug,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) inflight: Inflight,
@@ -212,7 +213,7 @@ impl Routing {
 }
 
 /// Pingora's connector, which has no `Debug` of its own.
-pub(crate) struct ConnectorDebug(pub(crate) Connector);
+pub(crate) struct ConnectorDebug(pub(crate) TransportConnector);
 
 impl std::fmt::Debug for ConnectorDebug {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -221,8 +222,8 @@ impl std::fmt::Debug for ConnectorDebug {
 }
 
 impl std::ops::Deref for ConnectorDebug {
-    type Target = Connector;
-    fn deref(&self) -> &Connector {
+    type Target = TransportConnector;
+    fn deref(&self) -> &TransportConnector {
         &self.0
     }
 }
@@ -507,7 +508,7 @@ fn build_shared(config: &Config) -> Result<Shared, StartError> {
         routing_changed,
         reloading: tokio::sync::Mutex::new(()),
         keepalive: config.server.sse_keepalive,
-        connector: ConnectorDebug(Connector::new(None)),
+        connector: ConnectorDebug(TransportConnector::new(None)),
         metrics,
         inflight: Inflight::default(),
         draining: AtomicBool::new(false),

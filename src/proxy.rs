@@ -4,11 +4,15 @@
 //! and unknown paths are answered right there. A `GET` that asks for an event stream (the
 //! legacy `/sse` stream, or Streamable HTTP's listening stream) is relayed by
 //! [`stream::relay`], which rewrites the legacy `endpoint` event and keeps idle streams
-//! alive. Everything else (Streamable HTTP `POST`/`DELETE`, JSON and SSE responses alike)
-//! goes through pingora's own proxy loop, which streams bodies chunk by chunk both ways.
+//! alive. A small `POST` (the bulk of Streamable HTTP and legacy message traffic) is read
+//! whole and sent by [`stream::send_whole`] in one write over a kept connection
+//! ([`exchange`]), its answer relayed chunk by chunk or event by event. Everything else
+//! (larger or chunked bodies, `DELETE`) goes through pingora's own proxy loop, which streams
+//! bodies chunk by chunk both ways.
 
 pub(crate) mod bridge;
 pub(crate) mod downstream;
+pub(crate) mod exchange;
 pub(crate) mod headers;
 pub(crate) mod inbound;
 pub(crate) mod jsonrpc;
@@ -516,18 +520,7 @@ impl GatewayProxy {
     /// A 403 that says `insufficient_scope`: recorded for the next sign-in, and answered in
     /// the client's terms; any other 403 passes through.
     fn check_scope(&self, response: &ResponseHeader, ctx: &mut RequestCtx) -> pingora::Result<()> {
-        let challenge = response
-            .headers
-            .get_all(http::header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .find_map(crate::oauth::discovery::parse_bearer_challenge);
-        let Some(challenge) =
-            challenge.filter(|c| c.error.as_deref() == Some("insufficient_scope"))
-        else {
-            return Ok(());
-        };
-        let (Some(route), Some(scope)) = (&ctx.route, challenge.scope) else {
+        let (Some(route), Some(scope)) = (&ctx.route, insufficient_scope(response)) else {
             return Ok(());
         };
         tracing::info!(parent: &ctx.span, route = %route.name, %scope, "upstream asks for more scope; the next sign-in requests it");
@@ -576,10 +569,14 @@ impl GatewayProxy {
             body,
             cors: ctx.cors.as_deref(),
             client: ctx.client.as_ref(),
+            tokens: Some(tokens.as_ref()),
         };
-        let resent = stream::resend(session, &self.shared, &route, request).await?;
-        if let Some(status) = resent {
-            return Ok(status);
+        match stream::send_whole(session, &self.shared, &route, request).await? {
+            stream::Sent::Relayed(status) => return Ok(status),
+            stream::Sent::ScopeRequired(error) => {
+                return self.answer_no_token(session, &route, &error, message).await;
+            }
+            stream::Sent::TokenRefused => {}
         }
         tracing::warn!(parent: &ctx.span, route = %route.name, "upstream refused a refreshed token; the route needs sign-in");
         let error = match tokens.give_up("the upstream refused the refreshed token") {
@@ -757,8 +754,10 @@ impl GatewayProxy {
         }
         ctx.upstream_url = Some(url);
         ctx.token = token;
-        if route.inspects_messages && session.req_header().method == http::Method::POST {
-            return self.inspect(session, ctx, &route).await.map(Some);
+        let request = session.req_header();
+        let post = request.method == http::Method::POST;
+        if (route.inspects_messages && post) || exchange::is_small_post(request) {
+            return self.send_whole(session, ctx, &route).await.map(Some);
         }
         Ok(None)
     }
@@ -817,9 +816,10 @@ impl GatewayProxy {
         reply::json(session, 401, &body).await
     }
 
-    /// Reads a `POST` body whole for the plugins that read messages, answers it when one of
-    /// them does, and otherwise sends it upstream and relays the answer through them.
-    async fn inspect(
+    /// Reads a `POST`'s whole body and sends it upstream in one write
+    /// ([`stream::send_whole`]); on a route whose plugins read messages, they see it first
+    /// and may answer it themselves. Returns the status sent to the client.
+    async fn send_whole(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
@@ -832,30 +832,15 @@ impl GatewayProxy {
             }
             return Error::e_explain(ErrorType::ReadError, "the client left mid-body");
         };
-        if let Some(message) = jsonrpc::parse_request(session.req_header(), &body) {
-            ctx.rpc_method = jsonrpc::method_label(&message);
-            keep_message(ctx, Some(&message));
-            let unknown = Client::Unknown;
-            let call = crate::plugin::Call {
-                route: &route.name,
-                client: ctx.client.as_ref().unwrap_or(&unknown),
-            };
-            let answer = route
-                .plugins
-                .iter()
-                .find_map(|plugin| plugin.request_message(&call, &message));
-            if let Some(answer) = answer {
-                tracing::debug!(route = %route.name, "a plugin answered the request itself");
-                // A legacy client reads its answers from its stream, not from the POST.
-                let request = session.req_header();
-                let endpoint = match request.uri.query() {
-                    Some(query) => format!("{}?{query}", request.uri.path()),
-                    None => request.uri.path().to_owned(),
-                };
-                if self.shared.legacy.deliver(&endpoint, &answer) {
-                    return reply::json(session, 202, &serde_json::json!({})).await;
-                }
-                return reply::json(session, 200, &answer).await;
+        if route.inspects_messages {
+            if let Some(status) = self.answer_by_plugin(session, ctx, route, &body).await? {
+                return Ok(status);
+            }
+        } else {
+            ctx.rpc_method = jsonrpc::sniff_method(&body);
+            if let Some(kept) = &mut ctx.kept_body {
+                let room = crate::plugin::MAX_KEPT_BODY.saturating_sub(kept.len());
+                kept.extend_from_slice(&body[..body.len().min(room)]);
             }
         }
         let Some(url) = ctx.upstream_url.clone() else {
@@ -864,19 +849,64 @@ impl GatewayProxy {
         let request = stream::WholeRequest {
             url: &url,
             token: ctx.token.as_ref(),
-            body,
+            body: body.clone(),
             cors: ctx.cors.as_deref(),
             client: ctx.client.as_ref(),
+            tokens: ctx.tokens.as_deref(),
         };
-        let sent = stream::resend(session, &self.shared, route, request).await?;
-        match sent {
-            Some(status) => Ok(status),
-            // The upstream refused the token: refreshed and sent once more, as any request.
-            None => {
+        match stream::send_whole(session, &self.shared, route, request).await? {
+            stream::Sent::Relayed(status) => Ok(status),
+            // The upstream refused the token: refreshed and sent once more.
+            stream::Sent::TokenRefused => {
                 ctx.replay = Some(replay);
                 self.resend(session, ctx).await
             }
+            stream::Sent::ScopeRequired(error) => {
+                let message = jsonrpc::parse_request(session.req_header(), &body);
+                self.answer_no_token(session, route, &error, message).await
+            }
         }
+    }
+
+    /// Lets the route's plugins read the request's JSON-RPC message; `Some` with the status
+    /// when one of them answered it itself.
+    async fn answer_by_plugin(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        body: &[u8],
+    ) -> pingora::Result<Option<u16>> {
+        let Some(message) = jsonrpc::parse_request(session.req_header(), body) else {
+            return Ok(None);
+        };
+        ctx.rpc_method = jsonrpc::method_label(&message);
+        keep_message(ctx, Some(&message));
+        let unknown = Client::Unknown;
+        let call = crate::plugin::Call {
+            route: &route.name,
+            client: ctx.client.as_ref().unwrap_or(&unknown),
+        };
+        let Some(answer) = route
+            .plugins
+            .iter()
+            .find_map(|plugin| plugin.request_message(&call, &message))
+        else {
+            return Ok(None);
+        };
+        tracing::debug!(route = %route.name, "a plugin answered the request itself");
+        // A legacy client reads its answers from its stream, not from the POST.
+        let request = session.req_header();
+        let endpoint = match request.uri.query() {
+            Some(query) => format!("{}?{query}", request.uri.path()),
+            None => request.uri.path().to_owned(),
+        };
+        if self.shared.legacy.deliver(&endpoint, &answer) {
+            return reply::json(session, 202, &serde_json::json!({}))
+                .await
+                .map(Some);
+        }
+        reply::json(session, 200, &answer).await.map(Some)
     }
 
     /// Runs the route's plugins' `request_filter`; answers with the first refusal.
@@ -991,7 +1021,7 @@ fn is_oauth_discovery(rest: &str) -> bool {
 /// 404 or 405 shows it has no Streamable HTTP endpoint: later ones are bridged to its legacy
 /// endpoint. This client gets the answer as it is, which tells a client that can to fall
 /// back to the legacy transport itself, as the MCP specification has clients do.
-fn learn_transport(route: &Route, request: &RequestHeader, response: &ResponseHeader) {
+pub(crate) fn learn_transport(route: &Route, request: &RequestHeader, response: &ResponseHeader) {
     let opening = request.method == http::Method::POST
         && !request.headers.contains_key("mcp-session-id")
         && route.transport == crate::config::Transport::Auto
@@ -1006,6 +1036,21 @@ fn learn_transport(route: &Route, request: &RequestHeader, response: &ResponseHe
             .store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(route = %route.name, "the upstream has no Streamable HTTP endpoint: Streamable HTTP clients are bridged to its legacy endpoint from now on");
     }
+}
+
+/// The scope a `403` asks for in its `insufficient_scope` bearer challenge (RFC 6750 §3.1).
+pub(crate) fn insufficient_scope(response: &ResponseHeader) -> Option<String> {
+    if response.status != http::StatusCode::FORBIDDEN {
+        return None;
+    }
+    response
+        .headers
+        .get_all(http::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find_map(crate::oauth::discovery::parse_bearer_challenge)
+        .filter(|challenge| challenge.error.as_deref() == Some("insufficient_scope"))
+        .and_then(|challenge| challenge.scope)
 }
 
 fn is_event_stream_get(request: &RequestHeader) -> bool {

@@ -9,8 +9,9 @@
 //! interval (only between events), and ends the upstream stream as soon as the client goes
 //! away. There is no total timeout.
 //!
-//! The same loop relays the response to a request that the gateway sends a second time
-//! itself ([`resend`]), after the upstream refused the route's token and it was refreshed.
+//! The same loop relays the response to a request that the gateway sends with its whole
+//! body itself ([`send_whole`]): a small `POST`, one the route's plugins read, or one sent
+//! again after the upstream refused the route's token and it was refreshed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +33,7 @@ use super::sse::{EndpointRewriter, SseScanner};
 use super::streams::Exceeded;
 use crate::gateway::Shared;
 use crate::route::Route;
-use crate::token::{AccessToken, TokenError};
+use crate::token::{AccessToken, TokenError, TokenSource};
 
 /// The comment written to a stream that has been idle for the keepalive interval.
 const KEEPALIVE: &[u8] = b": keepalive\n\n";
@@ -130,8 +131,9 @@ pub(crate) async fn relay(
     .map(Some)
 }
 
-/// A request the gateway sends upstream itself with its whole body: after the upstream
-/// refused its token, or after the route's plugins read it.
+/// A request the gateway sends upstream itself with its whole body: a small `POST`, one
+/// whose message the route's plugins read, or one sent again after the upstream refused its
+/// token.
 #[derive(Debug)]
 pub(crate) struct WholeRequest<'a> {
     pub(crate) url: &'a Url,
@@ -141,45 +143,70 @@ pub(crate) struct WholeRequest<'a> {
     pub(crate) cors: Option<&'a str>,
     /// Who is asking: on a per-user route, the owner of a session the upstream opens.
     pub(crate) client: Option<&'a Client>,
+    /// Where the token came from, which can ask for more scope at the next sign-in.
+    pub(crate) tokens: Option<&'a dyn TokenSource>,
 }
 
-/// Sends a request once more with its whole body, after the upstream refused its token and
-/// the token was refreshed (or after plugins read it), and relays the response. `None` when
-/// the upstream refused the token: the caller gives up and asks for sign-in.
-pub(crate) async fn resend(
+/// What became of a [`WholeRequest`].
+#[derive(Debug)]
+pub(crate) enum Sent {
+    /// The upstream's answer (or the gateway's, when the upstream failed) was relayed to the
+    /// client with this status.
+    Relayed(u16),
+    /// The upstream refused the token (401 on an OAuth route); the client has no answer yet.
+    TokenRefused,
+    /// The upstream wants more scope than the token carries (403 `insufficient_scope` on an
+    /// OAuth route), and the next sign-in asks for it; the client has no answer yet.
+    ScopeRequired(TokenError),
+}
+
+/// Sends a request with its whole body in one write and relays the response, chunk by chunk
+/// or event by event. A refused token or a missing scope is left to the caller.
+pub(crate) async fn send_whole(
     session: &mut Session,
     shared: &Shared,
     route: &Route,
     request: WholeRequest<'_>,
-) -> pingora::Result<Option<u16>> {
+) -> pingora::Result<Sent> {
     let WholeRequest {
         url,
         token,
         body,
         cors,
         client,
+        tokens,
     } = request;
-    let mut upstream = match open(session, shared, route, url, token, Some(body)).await {
+    let header = upstream_request(session.req_header(), url)?;
+    let mut upstream = match send_request(shared, route, header, token, Some(body), false).await {
         Ok(upstream) => upstream,
         Err(error) => {
-            return Ok(Some(
-                upstream_error_reply(session, shared, &route.name, &error).await,
-            ));
+            let status = upstream_error_reply(session, shared, &route.name, &error).await;
+            return Ok(Sent::Relayed(status));
         }
     };
+    let Some(response) = upstream.response_header() else {
+        return Error::e_explain(ErrorType::InternalError, "upstream response header missing");
+    };
+    super::learn_transport(route, session.req_header(), response);
     if refused(&upstream, route) {
         upstream.shutdown().await;
-        return Ok(None);
+        return Ok(Sent::TokenRefused);
     }
-    if let (Some(owners), Some(client), Some(response)) =
-        (&route.session_owners, client, upstream.response_header())
-    {
+    let more_scope = (route.tokens.kind() == "oauth")
+        .then(|| super::insufficient_scope(response))
+        .flatten();
+    if let Some(error) = more_scope.and_then(|scope| tokens?.scope_required(&scope)) {
+        tracing::info!(route = %route.name, "upstream asks for more scope; the next sign-in requests it");
+        upstream.shutdown().await;
+        return Ok(Sent::ScopeRequired(error));
+    }
+    if let (Some(owners), Some(client)) = (&route.session_owners, client) {
         owners.note_response(response, client);
     }
     // A request-scoped stream carries the upstream's own events; it gets no keepalives.
     relay_response(session, shared, route, url, upstream, None, cors)
         .await
-        .map(Some)
+        .map(Sent::Relayed)
 }
 
 /// Answers a stream past a bound: 503 when the gateway is full, 429 when the client is.
@@ -258,14 +285,22 @@ async fn relay_response(
         close_at_boundary: false,
     };
     let _open = event_stream.then(|| shared.metrics.stream_opened(&route.name));
-    match pump.run(session, &mut upstream).await {
+    let end = pump.run(session, &mut upstream).await;
+    match &end {
         StreamEnd::UpstreamFailed(error) => {
             tracing::warn!(route = %route.name, error = error.as_str(), "upstream stream failed")
         }
-        end => tracing::debug!(route = %route.name, ?end, "event stream ended"),
+        end => tracing::debug!(route = %route.name, ?end, "response relayed"),
     }
-    // A stream the client left is never returned to the pool: closing it tells the upstream.
-    upstream.shutdown().await;
+    match end {
+        StreamEnd::UpstreamFinished => super::exchange::release(&route.upstream, upstream).await,
+        // A stream the client left is never kept: closing it tells the upstream.
+        _ => upstream.shutdown().await,
+    }
+    if matches!(end, StreamEnd::ClientGone) {
+        // Whatever the client sent instead of waiting is not the start of a request to read.
+        session.set_keepalive(None);
+    }
     Ok(status)
 }
 
@@ -323,7 +358,11 @@ impl Pump<'_> {
             .map_or(far_future, |every| Instant::now() + every);
         let mut closing = self.closing.clone();
         loop {
+            // The upstream first: once a plain response is relayed whole, the client may send
+            // its next request at once, and the end of the upstream body, already known, must
+            // win over reading that request's first byte as if the client were leaving.
             tokio::select! {
+                biased;
                 chunk = upstream.read_response_body() => {
                     let end = match chunk {
                         Ok(Some(chunk)) => self.forward(session, &chunk).await,
@@ -465,6 +504,7 @@ async fn relay_json_message(
         }
         body.extend_from_slice(&chunk);
     }
+    super::exchange::release(&route.upstream, upstream).await;
     let body = match std::str::from_utf8(&body)
         .ok()
         .and_then(|text| route.filter_message(text))
@@ -517,34 +557,45 @@ async fn open(
 }
 
 /// Sends `request` (a copy of the client's, or one the gateway made) upstream, with the
-/// route's headers and `token`, and reads the response header.
+/// route's headers and `token`, and reads the response header. The response may be a
+/// long-lived stream: there is no read timeout.
 pub(crate) async fn open_request(
+    shared: &Shared,
+    route: &Route,
+    request: RequestHeader,
+    token: Option<&AccessToken>,
+    body: Option<Bytes>,
+) -> pingora::Result<HttpSession> {
+    send_request(shared, route, request, token, body, true).await
+}
+
+/// [`open_request`], with the read timeout of a plain response unless `streaming`.
+pub(crate) async fn send_request(
     shared: &Shared,
     route: &Route,
     mut request: RequestHeader,
     token: Option<&AccessToken>,
     body: Option<Bytes>,
+    streaming: bool,
 ) -> pingora::Result<HttpSession> {
-    let peer = route
-        .upstream
-        .peer(true)
-        .await
-        .map_err(|e| Error::because(ErrorType::ConnectNoRoute, "resolving the upstream", e))?;
     headers::prepare_upstream(&mut request, route, token)
         .map_err(|e| Error::because(ErrorType::InternalError, "token is not a valid header", e))?;
-    if let Some(body) = &body {
-        // The body is sent in one piece now, whatever framing the client used.
-        request.remove_header(&http::header::TRANSFER_ENCODING);
+    // Whatever framing the client used, the body goes out in one piece with its length.
+    request.remove_header(&http::header::TRANSFER_ENCODING);
+    let body = body.unwrap_or_default();
+    if body.is_empty() && !matches!(request.method, http::Method::POST | http::Method::PUT) {
+        request.remove_header(&http::header::CONTENT_LENGTH);
+    } else {
         request.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     }
-    let (mut upstream, _reused) = shared.connector.get_http_session(&peer).await?;
-    upstream.write_request_header(Box::new(request)).await?;
-    if let Some(body) = body.filter(|body| !body.is_empty()) {
-        upstream.write_request_body(body, true).await?;
-    }
-    upstream.finish_request_body().await?;
-    upstream.read_response_header().await?;
-    Ok(upstream)
+    super::exchange::send(
+        &shared.connector,
+        &route.upstream,
+        &request,
+        &body,
+        streaming,
+    )
+    .await
 }
 
 fn upstream_request(client: &RequestHeader, url: &Url) -> pingora::Result<RequestHeader> {

@@ -17,6 +17,8 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use url::Url;
 
+use super::exchange::IdlePool;
+
 /// How long a DNS answer for an upstream host is reused.
 const DNS_TTL: Duration = Duration::from_secs(30);
 
@@ -44,6 +46,8 @@ pub(crate) struct Upstream {
     timeouts: Timeouts,
     ca: Option<Arc<CaType>>,
     resolved: RwLock<Option<(SocketAddr, Instant)>>,
+    /// Keep-alive connections for the requests the gateway sends itself.
+    idle: IdlePool,
 }
 
 /// Connection and read timeouts toward upstreams.
@@ -75,6 +79,7 @@ impl Upstream {
             timeouts,
             ca,
             resolved: RwLock::new(None),
+            idle: IdlePool::default(),
         }
     }
 
@@ -85,6 +90,15 @@ impl Upstream {
     /// The `Host` header the upstream expects: its host, and its port when not the default.
     pub(crate) fn host_header(&self) -> &str {
         &self.host_header
+    }
+
+    pub(crate) fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// The idle connections to this upstream.
+    pub(crate) fn idle(&self) -> &IdlePool {
+        &self.idle
     }
 
     /// A peer for one request; `streaming` lifts the read timeout for long-lived streams.
