@@ -682,11 +682,7 @@ impl GatewayProxy {
                 return Ok(Some(status));
             }
         }
-        let declared = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        let declared = headers::declared_length(session.req_header());
         if declared.is_some_and(|length| length > route.max_body_bytes) {
             return self.body_too_large(session, &route).await.map(Some);
         }

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderMap, HeaderValue};
 use support::mock_upstream::{MockOptions, MockUpstream};
 use support::postgres::TestPostgres;
 use support::process::{Running, gateway_command, listening_url};
@@ -182,15 +181,7 @@ fn replica(upstream: &MockUpstream, db: &TestPostgres, public_url: Option<&str>)
 
 /// A browser of `who`, as the authenticating proxy in front delivers its requests.
 fn person(who: &str) -> reqwest::Client {
-    let mut headers = HeaderMap::new();
-    headers.insert(IDENTITY, HeaderValue::from_str(who).expect("header"));
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .default_headers(headers)
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client")
+    support::signin::person(IDENTITY, Some(who))
 }
 
 async fn sign_in(browser: &reqwest::Client, base: &str) {

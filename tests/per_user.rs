@@ -7,7 +7,6 @@ mod support;
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::gateway::{TestGateway, start};
@@ -53,17 +52,7 @@ kind = "oauth"
 
 /// A browser of `who`, as the proxy in front delivers it: every request names them.
 fn person(who: Option<&str>) -> reqwest::Client {
-    let mut headers = HeaderMap::new();
-    if let Some(who) = who {
-        headers.insert(IDENTITY, HeaderValue::from_str(who).expect("header"));
-    }
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .default_headers(headers)
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client")
+    support::signin::person(IDENTITY, who)
 }
 
 /// Starts `browser`'s sign-in to `route` and lets the mock approve it: the callback URL.

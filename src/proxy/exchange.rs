@@ -115,11 +115,8 @@ fn still_open(stream: &mut Stream) -> bool {
 /// of at most [`MAX_WHOLE_BODY`], is not chunked, and does not wait for `100 Continue`.
 pub(crate) fn is_small_post(request: &RequestHeader) -> bool {
     let headers = &request.headers;
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
     request.method == http::Method::POST
-        && declared.is_some_and(|length| length <= MAX_WHOLE_BODY)
+        && super::headers::declared_length(request).is_some_and(|length| length <= MAX_WHOLE_BODY)
         && !headers.contains_key(http::header::TRANSFER_ENCODING)
         && !headers.contains_key(http::header::EXPECT)
 }
@@ -151,7 +148,7 @@ pub(crate) async fn send(
     let stream = loop {
         let (mut stream, reused) = match pooled.take() {
             Some(stream) => (stream, true),
-            None => (connect(transport, upstream, streaming).await?, false),
+            None => (connect(transport, upstream).await?, false),
         };
         match write_all(&mut stream, &wire, timeouts.read).await {
             Ok(()) => break stream,
@@ -176,13 +173,10 @@ pub(crate) async fn send(
 }
 
 /// A new connection to the upstream, with its TLS, SNI and CA settings.
-async fn connect(
-    transport: &TransportConnector,
-    upstream: &Upstream,
-    streaming: bool,
-) -> pingora::Result<Stream> {
+async fn connect(transport: &TransportConnector, upstream: &Upstream) -> pingora::Result<Stream> {
+    // The peer's read timeout plays no part in connecting; the session sets its own.
     let peer = upstream
-        .peer(streaming)
+        .peer(false)
         .await
         .map_err(|e| Error::because(ErrorType::ConnectNoRoute, "resolving the upstream", e))?;
     transport.new_stream(&peer).await

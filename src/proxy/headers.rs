@@ -56,6 +56,14 @@ pub(crate) fn accepts_event_stream(request: &RequestHeader) -> bool {
         .any(|value| value.contains("text/event-stream"))
 }
 
+/// The body length a request declares in `Content-Length`, when it is a number.
+pub(crate) fn declared_length(request: &RequestHeader) -> Option<u64> {
+    request
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse().ok())
+}
+
 /// Whether a response is an event stream.
 pub(crate) fn is_event_stream(response: &ResponseHeader) -> bool {
     response

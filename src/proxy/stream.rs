@@ -294,12 +294,13 @@ async fn relay_response(
     }
     match end {
         StreamEnd::UpstreamFinished => super::exchange::release(&route.upstream, upstream).await,
-        // A stream the client left is never kept: closing it tells the upstream.
+        // A stream the client left is never kept: closing it tells the upstream. Whatever
+        // the client sent instead of waiting is not the start of a request to read.
+        StreamEnd::ClientGone => {
+            upstream.shutdown().await;
+            session.set_keepalive(None);
+        }
         _ => upstream.shutdown().await,
-    }
-    if matches!(end, StreamEnd::ClientGone) {
-        // Whatever the client sent instead of waiting is not the start of a request to read.
-        session.set_keepalive(None);
     }
     Ok(status)
 }

@@ -18,6 +18,26 @@ use super::mock_upstream::MockUpstream;
 /// `state`, so tests running side by side never read each other's.
 static COOKIES: LazyLock<Arc<Jar>> = LazyLock::new(|| Arc::new(Jar::default()));
 
+/// The browser of the person `who`, as an authenticating proxy in front delivers its
+/// requests: each names them in the `identity` header (none, for `None`). It shows
+/// redirects instead of following them and keeps its own cookies.
+pub fn person(identity: &str, who: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(who) = who {
+        let value = reqwest::header::HeaderValue::from_str(who).expect("identity header value");
+        let name =
+            reqwest::header::HeaderName::from_bytes(identity.as_bytes()).expect("header name");
+        headers.insert(name, value);
+    }
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .default_headers(headers)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
 /// A client that shows redirects instead of following them and keeps cookies, like a test
 /// of a browser.
 pub fn browser() -> reqwest::Client {
