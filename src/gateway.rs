@@ -368,7 +368,7 @@ impl Gateway {
             upgrade_socket: self.config.upgrade_socket(),
             ready: parking_lot::Mutex::new(Some(Box::new(ready))),
         };
-        self.into_server().run(RunArgs {
+        self.into_server(Runtimes::PerThread).run(RunArgs {
             shutdown_signal: Box::new(signals),
         });
     }
@@ -378,7 +378,7 @@ impl Gateway {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let addr = self.addr;
         let admin_addr = self.admin_addr();
-        let server = self.into_server();
+        let server = self.into_server(Runtimes::Shared);
         let thread = std::thread::spawn(move || {
             server.run(RunArgs {
                 shutdown_signal: Box::new(StopSignal(stopped)),
@@ -392,9 +392,10 @@ impl Gateway {
         }
     }
 
-    fn into_server(self) -> Server {
+    fn into_server(self, runtimes: Runtimes) -> Server {
         let mut conf = ServerConf {
             threads: self.config.server.threads,
+            work_stealing: runtimes == Runtimes::Shared,
             grace_period_seconds: Some(0),
             graceful_shutdown_timeout_seconds: Some(0),
             ..ServerConf::default()
@@ -452,6 +453,19 @@ impl Gateway {
         ));
         server
     }
+}
+
+/// How the proxy service's worker threads run its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Runtimes {
+    /// One single-threaded runtime per thread, a connection and its tasks kept on one: no
+    /// wake-ups across threads in a request's path. Only for a process that runs one
+    /// gateway to its end: pingora finds a thread's runtime through a thread-local table
+    /// whose entries outlive their threads, so a later server in the same process could
+    /// be handed the runtimes of one that stopped.
+    PerThread,
+    /// One work-stealing runtime for all threads, safe to start and stop again and again.
+    Shared,
 }
 
 /// A gateway serving on background threads; stops when dropped.

@@ -79,17 +79,13 @@ pub(crate) fn prepare_upstream(
     route: &Route,
     token: Option<&AccessToken>,
 ) -> Result<(), http::header::InvalidHeaderValue> {
-    for name in hop_by_hop(&request.headers) {
+    let stays_behind = |name: &HeaderName| {
+        CLIENT_ONLY.contains(name)
+            || FORWARDED_IDENTITY.contains(&name.as_str())
+            || route.identity_headers.contains(name)
+    };
+    for name in leaving(&request.headers, stays_behind) {
         request.remove_header(&name);
-    }
-    for name in CLIENT_ONLY {
-        request.remove_header(name);
-    }
-    for name in FORWARDED_IDENTITY {
-        request.remove_header(*name);
-    }
-    for name in &route.identity_headers {
-        request.remove_header(name);
     }
     let _ = request.insert_header(header::HOST, route.upstream.host_header());
     for (name, value) in &route.extra_headers {
@@ -111,12 +107,12 @@ pub(crate) fn prepare_upstream(
 
 /// Turns the upstream's response header into the client's.
 pub(crate) fn prepare_downstream(response: &mut ResponseHeader) {
-    for name in hop_by_hop(&response.headers) {
-        response.remove_header(&name);
-    }
     // A client that saw the upstream's challenge would start its own OAuth flow against the
     // upstream and then send us tokens we must not forward.
-    response.remove_header(&header::WWW_AUTHENTICATE);
+    let challenge = |name: &HeaderName| name == header::WWW_AUTHENTICATE;
+    for name in leaving(&response.headers, challenge) {
+        response.remove_header(&name);
+    }
     if is_event_stream(response) {
         response.remove_header(&header::CONTENT_LENGTH);
         let _ = response.insert_header(header::CACHE_CONTROL, "no-cache, no-transform");
@@ -124,19 +120,28 @@ pub(crate) fn prepare_downstream(response: &mut ResponseHeader) {
     }
 }
 
-/// The hop-by-hop headers present, including any the `Connection` header names.
-fn hop_by_hop(headers: &http::HeaderMap) -> Vec<HeaderName> {
+/// The headers present that must not cross: the hop-by-hop ones, including any the
+/// `Connection` header names, and those `also` picks. One pass over what is there, so a
+/// message without any of them costs no removal at all.
+fn leaving(headers: &http::HeaderMap, also: impl Fn(&HeaderName) -> bool) -> Vec<HeaderName> {
     let listed = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
-    let fixed = HOP_BY_HOP.iter().map(|name| HeaderName::from_static(name));
-    listed
-        .chain(fixed)
-        .filter(|name| headers.contains_key(name))
-        .collect()
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| headers.contains_key(name));
+    let mut names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(&name.as_str()) || also(name))
+        .cloned()
+        .collect();
+    for name in listed {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
 }
 
 #[cfg(test)]
@@ -152,7 +157,7 @@ mod tests {
         );
         headers.insert("x-secret-hop", HeaderValue::from_static("1"));
         headers.insert("mcp-session-id", HeaderValue::from_static("abc"));
-        let names = hop_by_hop(&headers);
+        let names = leaving(&headers, |_| false);
         assert!(names.contains(&HeaderName::from_static("x-secret-hop")));
         assert!(names.contains(&header::CONNECTION));
         assert!(!names.contains(&HeaderName::from_static("mcp-session-id")));
