@@ -268,11 +268,14 @@ async fn relay_response(
         .write_response_header(Box::new(response), false)
         .await?;
 
-    let rewriter = EndpointRewriter::new(
-        url.clone(),
-        route.upstream.base_url().clone(),
-        &route.prefix,
-    );
+    // Only an event stream can carry a legacy `endpoint` event to rewrite.
+    let rewriter = event_stream.then(|| {
+        EndpointRewriter::new(
+            url.clone(),
+            route.upstream.base_url().clone(),
+            &route.prefix,
+        )
+    });
     let mut pump = Pump {
         scanner: event_stream.then(SseScanner::new),
         rewriter,
@@ -318,7 +321,8 @@ enum StreamEnd {
 
 struct Pump<'a> {
     scanner: Option<SseScanner>,
-    rewriter: EndpointRewriter,
+    /// Present with the scanner.
+    rewriter: Option<EndpointRewriter>,
     keepalive: Option<Duration>,
     /// Whose plugins may read and change the stream's messages.
     route: &'a Route,
@@ -432,18 +436,20 @@ impl Pump<'_> {
 
     /// Forwards what the scanner releases from `chunk`; `Some` when the stream must end.
     async fn forward(&mut self, session: &mut Session, chunk: &Bytes) -> Option<StreamEnd> {
-        let (rewriter, route) = (&self.rewriter, self.route);
+        let (rewriter, route) = (self.rewriter.as_ref(), self.route);
         let mut endpoint = None;
         let out = match &mut self.scanner {
             Some(scanner) if route.inspects_messages => scanner.feed_messages(
                 chunk,
                 |data| {
-                    endpoint = rewriter.rewrite(data);
+                    endpoint = rewriter.and_then(|rewriter| rewriter.rewrite(data));
                     endpoint.clone()
                 },
                 |data| route.filter_message(data),
             ),
-            Some(scanner) => scanner.feed(chunk, |data| rewriter.rewrite(data)),
+            Some(scanner) => scanner.feed(chunk, |data| {
+                rewriter.and_then(|rewriter| rewriter.rewrite(data))
+            }),
             None => chunk.clone(),
         };
         // The gateway may answer this client's messages itself: it must know the stream.
