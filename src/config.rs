@@ -573,6 +573,16 @@ pub(crate) enum FieldErrorKind {
     #[error("environment variable {var} has a value that is not valid for it")]
     InvalidPostgresEnv { var: &'static str },
 
+    #[error("`{value}` is not a token store: use file (the default) or postgres")]
+    UnknownStoreKind { value: String },
+
+    #[error(
+        "postgres needs a database: set PGHOST, PGPORT, PGUSER and PGDATABASE (Databricks Apps \
+         sets them for a database resource), and PGPASSWORD unless the password is the app's \
+         workspace token"
+    )]
+    PostgresEnvUnconfigured,
+
     #[error("no database user: put one in url (postgres://USER@…), or set PGUSER")]
     PostgresUserMissing,
 

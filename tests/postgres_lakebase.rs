@@ -1,7 +1,7 @@
 //! The PostgreSQL store logging in the way Databricks Lakebase wants: the libpq variables of
 //! a database resource without `PGPASSWORD`, and the app's service principal
 //! (`DATABRICKS_HOST`, `DATABRICKS_CLIENT_ID`, `DATABRICKS_CLIENT_SECRET`) whose OAuth token
-//! is the password.
+//! is the password; from a config file, and in single-upstream mode with no file at all.
 //!
 //! A real PostgreSQL (`support::postgres`) has the token the mock workspace endpoint
 //! (`support::workspace_oauth`) issues as its role's password. The gateway runs as a process
@@ -18,7 +18,7 @@ use serde_json::Value;
 use support::mock_upstream::{MockOptions, MockUpstream};
 use support::postgres::{self, TestPostgres};
 use support::process::{Running, gateway_command, listening_url};
-use support::signin::{approved_callback, browser};
+use support::signin::{approved_callback, approved_callback_to, browser};
 use support::workspace_oauth::{CLIENT_ID, CLIENT_SECRET, WorkspaceOAuth};
 
 const FIRST_TOKEN: &str = "eyJ-lakebase-token-one";
@@ -206,4 +206,68 @@ async fn a_refused_workspace_token_stops_start_up_naming_the_endpoint_and_the_oa
     assert!(error.contains("invalid_client"), "{error}");
     assert!(!log.contains(CLIENT_SECRET), "the secret is in the log");
     assert!(workspace.requests() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn single_upstream_mode_keeps_its_sign_in_in_the_database_across_a_restart() {
+    let mut db = TestPostgres::start();
+    db.set_password(FIRST_TOKEN).await;
+    let workspace = WorkspaceOAuth::start(FIRST_TOKEN, 3600).await;
+    let upstream = MockUpstream::start(MockOptions::default()).await;
+    // Each run gets an empty home: nothing can come back from files.
+    let spawn = || {
+        let home = tempfile::tempdir().expect("home");
+        let child = gateway_command()
+            .env_clear()
+            .envs([
+                ("UPSTREAM_MCP_URL", upstream.base_url()),
+                ("MCP_GATEWAY_STORE", "postgres"),
+                ("PORT", "0"),
+                ("PGHOST", "127.0.0.1"),
+                ("PGPORT", &db.port().to_string()),
+                ("PGUSER", postgres::USER),
+                ("PGDATABASE", postgres::DATABASE),
+                ("PGSSLMODE", "disable"),
+                ("DATABRICKS_HOST", &workspace.host()),
+                ("DATABRICKS_CLIENT_ID", CLIENT_ID),
+                ("DATABRICKS_CLIENT_SECRET", CLIENT_SECRET),
+            ])
+            .env("HOME", home.path())
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        (home, child)
+    };
+
+    let (_home, mut child) = spawn();
+    let base = listening_url(&mut child);
+    let first = Running::new(child);
+    let callback = approved_callback_to(&base, "default").await;
+    let done = browser().get(callback).send().await.expect("callback");
+    assert_eq!(done.status(), 200);
+    let issued = upstream.oauth().issued_access_tokens();
+    assert_eq!(stored_access_token(&db).await, issued[0]);
+    drop(first);
+
+    // A redeploy: a new process on a new disk finds the sign-in in the database.
+    let (_home, mut child) = spawn();
+    let base = listening_url(&mut child);
+    let _second = Running::new(child);
+    let answer = browser()
+        .get(format!("{base}/anything"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(answer.status(), 200);
+    let seen = upstream
+        .state()
+        .last_request_to("/anything")
+        .expect("the upstream saw the request");
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {}", issued[0]).as_str())
+    );
+    assert_eq!(upstream.oauth().token_requests(), 1, "no second sign-in");
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::validate;
 use super::{
     AdminConfig, Config, ConfigError, ConfigSource, FieldError, FieldErrorKind, RouteAuth,
-    RouteConfig, StoreConfig, StoreKind,
+    RouteConfig, StoreConfig,
 };
 
 /// Names a config file; checked before anything else but `--config`.
@@ -22,6 +22,9 @@ pub(super) const DATABRICKS_PORT_VAR: &str = "DATABRICKS_APP_PORT";
 /// Single-upstream mode's principal: `shared` (the default) or `forwarded`, one sign-in per
 /// person named by the platform in front.
 pub(super) const PRINCIPAL_VAR: &str = "MCP_GATEWAY_PRINCIPAL";
+/// Single-upstream mode's token store: `file` (the default) or `postgres`, the database
+/// named by the libpq variables.
+pub(super) const STORE_VAR: &str = "MCP_GATEWAY_STORE";
 /// Port variables in order of precedence for single-upstream mode.
 const PORT_VARS: &[&str] = &[DATABRICKS_PORT_VAR, "PORT", "OAUTH_CALLBACK_PORT"];
 const DEFAULT_PORT: u16 = 8000;
@@ -117,15 +120,16 @@ pub(super) fn single_upstream(env: &dyn Env) -> Result<Config, Vec<FieldError>> 
     let databricks = env.var(DATABRICKS_PORT_VAR).is_some();
     let per_user =
         single_upstream_principal(env, databricks).map_err(|kind| fail(PRINCIPAL_VAR, kind));
+    let store = super::store::from_env(env).map_err(|store_errors| errors.extend(store_errors));
 
-    match (upstream, listen, store_dir, per_user) {
-        (Some((upstream, upstream_text)), Ok(listen), Ok(dir), Ok(per_user))
+    match (upstream, listen, store_dir, per_user, store) {
+        (Some((upstream, upstream_text)), Ok(listen), Ok(dir), Ok(per_user), Ok(store))
             if errors.is_empty() =>
         {
             Ok(Config {
                 server: validate::default_server(listen, databricks),
                 store: StoreConfig {
-                    kind: StoreKind::File,
+                    kind: store,
                     dir,
                     keys: Vec::new(),
                 },

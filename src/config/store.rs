@@ -26,9 +26,10 @@ use std::ops::Range;
 use toml::Spanned;
 
 use super::env::{self, Env};
+use super::location::SourceFile;
 use super::raw::{RawPasswordSource, RawStore, RawStoreKey, RawStoreKind};
 use super::validate::{Checker, DEFAULT_STORE_DIR};
-use super::{FieldErrorKind, StoreConfig, StoreKind};
+use super::{FieldError, FieldErrorKind, StoreConfig, StoreKind};
 use crate::secret::Secret;
 use crate::store::{KeyMaterial, PostgresTarget, PostgresTls, StoreKey, WorkspaceCredentials};
 
@@ -77,6 +78,54 @@ pub(super) fn check(raw: RawStore, checker: &mut Checker<'_>) -> Option<StoreCon
         dir: dir?,
         keys: keys?,
     })
+}
+
+/// Single-upstream mode's store, from `MCP_GATEWAY_STORE`: `file` (the default) or
+/// `postgres`, the database named by the libpq variables alone and the password found as
+/// under `password_source = "auto"` (on Databricks Apps, the app's workspace token). Errors
+/// come back under the variable's name, with nothing about a file.
+pub(super) fn from_env(env: &dyn Env) -> Result<StoreKind, Vec<FieldError>> {
+    let fail = |kind| {
+        vec![FieldError {
+            key: env::STORE_VAR.to_owned(),
+            at: None,
+            kind,
+        }]
+    };
+    match env.var(env::STORE_VAR).as_deref().map(str::trim) {
+        None | Some("file") => return Ok(StoreKind::File),
+        Some("postgres") => {}
+        Some(other) => {
+            return Err(fail(FieldErrorKind::UnknownStoreKind {
+                value: other.to_owned(),
+            }));
+        }
+    }
+    if env.var(PG_HOST).is_none() {
+        return Err(fail(FieldErrorKind::PostgresEnvUnconfigured));
+    }
+    // The same rules as a file's `[store] kind = "postgres"` with nothing else set; a file
+    // has nothing to point at, so whatever goes wrong is the variable's.
+    let mut checker = Checker::new(
+        SourceFile {
+            path: std::path::Path::new(env::STORE_VAR),
+            text: "",
+        },
+        env,
+    );
+    let target = postgres_target(&RawStore::default(), None, &mut checker);
+    match target {
+        Some(target) if checker.is_clean() => Ok(StoreKind::Postgres(Box::new(target))),
+        _ => Err(checker
+            .into_errors()
+            .into_iter()
+            .map(|error| FieldError {
+                key: env::STORE_VAR.to_owned(),
+                at: None,
+                kind: error.kind,
+            })
+            .collect()),
+    }
 }
 
 fn dir(raw: Option<&Spanned<String>>, checker: &mut Checker<'_>) -> Option<std::path::PathBuf> {

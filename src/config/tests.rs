@@ -1283,6 +1283,101 @@ fn env_mode_is_per_user_only_when_asked_and_on_a_platform_that_names_people() {
 }
 
 #[test]
+fn env_mode_keeps_tokens_in_the_database_the_platform_names() {
+    let url = ("UPSTREAM_MCP_URL", "https://mcp.example.com/v1");
+    let home = ("HOME", "/home/ada");
+    // What Databricks Apps sets for an app with a Lakebase database resource: no password.
+    let lakebase = [
+        url,
+        home,
+        ("DATABRICKS_APP_PORT", "8080"),
+        ("MCP_GATEWAY_STORE", "postgres"),
+        ("PGHOST", "instance-1.database.example"),
+        ("PGPORT", "5432"),
+        ("PGUSER", "app-sp"),
+        ("PGDATABASE", "databricks_postgres"),
+        ("PGSSLMODE", "require"),
+        ("DATABRICKS_HOST", "workspace.example"),
+        ("DATABRICKS_CLIENT_ID", "app-sp"),
+        ("DATABRICKS_CLIENT_SECRET", "dose-SECRET"),
+    ];
+    let config = Config::from_env(&lakebase).unwrap_or_else(|e| panic!("{e}"));
+    let StoreKind::Postgres(target) = &config.store.kind else {
+        panic!("expected postgres, got {:?}", config.store.kind);
+    };
+    assert_eq!(
+        target.describe(),
+        "app-sp@instance-1.database.example:5432/databricks_postgres"
+    );
+    assert!(target.workspace_login().is_some());
+    assert!(!format!("{config:?}").contains("SECRET"));
+
+    // Unset, or `file`: the files under ~/.mcp/auth, as before.
+    for store in [None, Some("file")] {
+        let mut env: HashMap<String, String> = [url, home]
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
+        if let Some(store) = store {
+            env.insert("MCP_GATEWAY_STORE".into(), store.into());
+        }
+        let config = Config::from_env(&env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.store.kind, StoreKind::File, "{store:?}");
+    }
+}
+
+#[test]
+fn env_mode_says_what_a_database_store_is_missing() {
+    let url = ("UPSTREAM_MCP_URL", "https://mcp.example.com/v1");
+    let home = ("HOME", "/home/ada");
+    let store = ("MCP_GATEWAY_STORE", "postgres");
+
+    let nowhere = Config::from_env(&[url, home, store])
+        .expect_err("no database")
+        .to_string();
+    assert!(
+        nowhere.contains("MCP_GATEWAY_STORE: postgres needs a database: set PGHOST"),
+        "{nowhere}"
+    );
+    assert!(
+        !nowhere.contains("url ="),
+        "a file's key means nothing here: {nowhere}"
+    );
+
+    let no_user = Config::from_env(&[url, home, store, ("PGHOST", "db.internal")])
+        .expect_err("no user")
+        .to_string();
+    assert!(
+        no_user.contains("MCP_GATEWAY_STORE: no database user") && no_user.contains("PGUSER"),
+        "{no_user}"
+    );
+
+    let bad_mode = [
+        url,
+        home,
+        store,
+        ("PGHOST", "db.internal"),
+        ("PGUSER", "gw"),
+        ("PGSSLMODE", "sometimes"),
+    ];
+    let error = Config::from_env(&bad_mode)
+        .expect_err("bad sslmode")
+        .to_string();
+    assert!(
+        error.contains("MCP_GATEWAY_STORE: sslmode `sometimes`"),
+        "{error}"
+    );
+
+    let unknown = Config::from_env(&[url, home, ("MCP_GATEWAY_STORE", "redis")])
+        .expect_err("unknown store")
+        .to_string();
+    assert!(
+        unknown.contains("MCP_GATEWAY_STORE: `redis` is not a token store: use file"),
+        "{unknown}"
+    );
+}
+
+#[test]
 fn on_databricks_keepalives_stay_within_the_platforms_patience() {
     let env = [("HOME", "/home/ada"), ("DATABRICKS_APP_PORT", "8080")];
     let load_on_databricks =

@@ -56,7 +56,7 @@ pub(super) struct Checker<'a> {
 }
 
 impl<'a> Checker<'a> {
-    fn new(file: SourceFile<'a>, env: &'a dyn Env) -> Checker<'a> {
+    pub(super) fn new(file: SourceFile<'a>, env: &'a dyn Env) -> Checker<'a> {
         Checker {
             file,
             base_dir: file.path.parent().unwrap_or(Path::new("")),
@@ -67,12 +67,17 @@ impl<'a> Checker<'a> {
 
     /// The collected errors in file order; those without a position (from the
     /// environment, or about the file as a whole) come last.
-    fn into_errors(mut self) -> Vec<FieldError> {
+    pub(super) fn into_errors(mut self) -> Vec<FieldError> {
         self.errors.sort_by_key(|error| {
             let position = error.at.as_ref().and_then(|at| at.position);
             position.map_or((usize::MAX, 0), |p| (p.line, p.column))
         });
         self.errors
+    }
+
+    /// Whether no rule has been broken so far.
+    pub(super) fn is_clean(&self) -> bool {
+        self.errors.is_empty()
     }
 
     /// Records a broken rule at `span`, or at the file as a whole when there is none.

@@ -100,10 +100,15 @@ pub fn query(url: &Url) -> HashMap<String, String> {
     url.query_pairs().into_owned().collect()
 }
 
-/// Starts a sign-in at `base` and lets the mock authorization server approve it; returns
-/// the callback URL the browser is sent back to, not yet visited.
+/// Starts a sign-in to route `up` at `base` and lets the mock authorization server approve
+/// it; returns the callback URL the browser is sent back to, not yet visited.
 pub async fn approved_callback(base: &str) -> Url {
-    let start = start_sign_in(base, "up").await;
+    approved_callback_to(base, "up").await
+}
+
+/// [`approved_callback`] for the route named `route`.
+pub async fn approved_callback_to(base: &str, route: &str) -> Url {
+    let start = start_sign_in(base, route).await;
     let approved = browser()
         .get(location(&start))
         .send()
