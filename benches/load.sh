@@ -6,9 +6,11 @@
 # Builds the gateway and the mock upstream in release mode, then measures requests/s and
 # p50/p99 latency of one small Streamable HTTP POST (a 150-byte JSON-RPC tools/call with an
 # Mcp-Session-Id, answered with JSON) at CONNECTIONS concurrent keepalive connections, along
-# three paths: wrk straight to the upstream ("direct"), wrk through `mcp-u2m-gateway serve`
-# on a bearer route with prefix /bench ("gateway"), and wrk through nginx set up as the same
-# reverse proxy ("nginx"). Each path runs against two upstreams: a fixed-answer nginx that
+# four paths: wrk straight to the upstream ("direct"), wrk through `mcp-u2m-gateway serve`
+# on a bearer route with prefix /bench ("gateway"), wrk through the same reverse proxy written
+# directly on pingora with nothing else (`examples/pingora_baseline.rs`, "pingora": the floor
+# under the gateway), and wrk through nginx set up as the same reverse proxy ("nginx"). Each
+# path runs against two upstreams: a fixed-answer nginx that
 # costs almost nothing ("fixed"), and the project's mock MCP server ("mock"). Before
 # measuring, one request down every path must return the expected JSON and prove the
 # upstream saw the injected token; any non-2xx response or socket error during a run fails
@@ -18,7 +20,7 @@
 #   DURATION=10s        length of each measured run (wrk syntax)
 #   WARMUP=2s           unmeasured run before each measured one
 #   CONNECTIONS=64      concurrent connections
-#   THREADS=1           gateway worker threads, and nginx proxy worker processes
+#   THREADS=1           gateway and pingora worker threads, nginx proxy worker processes
 #   WRK_THREADS=1       wrk threads
 #   UPSTREAM_WORKERS=1  worker processes of the fixed-answer nginx upstream
 #   CARGO_TARGET_DIR    honoured for the build and for finding the binaries
@@ -31,7 +33,7 @@
 # process the script starts is stopped on exit, failure or Ctrl-C.
 #
 # Two more columns help read the numbers. "cpu us/req" is the CPU time the proxy's
-# processes (all gateway threads; all nginx workers) spent per request. "up conns" is how
+# processes (all gateway or pingora threads; all nginx workers) spent per request. "up conns" is how
 # many connections the fixed upstream accepted during the measured run: with keepalive
 # holding it is about CONNECTIONS for direct (wrk's own) and near 0 through a proxy that
 # kept its connections from the warm-up; the mock upstream cannot report it ("-").
@@ -167,9 +169,10 @@ require_tools() {
 build() {
     say "building release binaries (target dir: $target_dir)"
     (cd "$repo" && CARGO_TARGET_DIR=$target_dir cargo build --release --quiet \
-        --bin mcp-u2m-gateway --example mock_upstream)
+        --bin mcp-u2m-gateway --example mock_upstream --example pingora_baseline)
     gateway_bin=$target_dir/release/mcp-u2m-gateway
     mock_bin=$target_dir/release/examples/mock_upstream
+    baseline_bin=$target_dir/release/examples/pingora_baseline
 }
 
 # --- Configs ---
@@ -267,6 +270,13 @@ start_proxies() {
     gateway_pid=$started
     wait_http "gateway" "$gateway_pid" "http://127.0.0.1:$gateway_port/healthz" "$log"
 
+    pingora_port=$(free_port)
+    log=$workdir/pingora-$upstream.log
+    start "$log" "$baseline_bin" "127.0.0.1:$pingora_port" "127.0.0.1:$upstream_port" /bench \
+        "$workdir/token" "$THREADS"
+    pingora_pid=$started
+    wait_http "pingora baseline" "$pingora_pid" "http://127.0.0.1:$pingora_port/" "$log"
+
     nginx_port=$(free_port)
     local prefix=$workdir/nginx-proxy-$upstream
     render_nginx proxy.nginx.conf "$prefix" WORKERS="$THREADS" PORT="$nginx_port" \
@@ -277,6 +287,7 @@ start_proxies() {
 
 stop_all_for_upstream() {
     stop_pid "$nginx_pid"
+    stop_pid "$pingora_pid"
     stop_pid "$gateway_pid"
     stop_pid "$upstream_pid"
 }
@@ -286,6 +297,7 @@ path_url() {
     case $1 in
         direct) echo "http://127.0.0.1:$upstream_port/mcp" ;;
         gateway) echo "http://127.0.0.1:$gateway_port/bench/mcp" ;;
+        pingora) echo "http://127.0.0.1:$pingora_port/bench/mcp" ;;
         nginx) echo "http://127.0.0.1:$nginx_port/bench/mcp" ;;
     esac
 }
@@ -337,7 +349,7 @@ check_fixed() {
     local path
     post "$(path_url direct)" "" fixed-session "$REQUEST_BODY"
     expect_status 401 "fixed upstream without a token"
-    for path in direct gateway nginx; do
+    for path in direct gateway pingora nginx; do
         post "$(path_url "$path")" "$(client_auth "$path")" fixed-session "$REQUEST_BODY"
         expect_json_containing "$FIXED_RESPONSE" "$path -> fixed upstream"
         [[ $http_body == "$FIXED_RESPONSE" ]] ||
@@ -355,7 +367,7 @@ check_mock() {
     local whoami='{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"whoami","arguments":{}}}'
     post "$(path_url direct)" "" "" "$init"
     expect_status 401 "mock upstream without a token"
-    for path in direct gateway nginx; do
+    for path in direct gateway pingora nginx; do
         url=$(path_url "$path")
         auth=$(client_auth "$path")
         post "$url" "$auth" "" "$init"
@@ -389,6 +401,7 @@ proxy_pid() {
     case $1 in
         direct) echo "" ;;
         gateway) echo "$gateway_pid" ;;
+        pingora) echo "$pingora_pid" ;;
         nginx) echo "$nginx_pid" ;;
     esac
 }
@@ -465,7 +478,7 @@ bench_upstream() {
     "start_${upstream}_upstream"
     start_proxies "$upstream"
     "check_$upstream"
-    for path in direct gateway nginx; do
+    for path in direct gateway pingora nginx; do
         measure "$upstream" "$path"
     done
     stop_all_for_upstream
@@ -483,7 +496,7 @@ report() {
     # shellcheck disable=SC2059 # the format is the constant above
     printf "$format" scenario upstream req/s "p50 ms" "p99 ms" "cpu us/req" "up conns"
     for upstream in fixed mock; do
-        for path in direct gateway nginx; do
+        for path in direct gateway pingora nginx; do
             key=$upstream/$path
             # shellcheck disable=SC2059
             printf "$format" "$path" "$upstream" "${rps[$key]}" "${p50[$key]}" \
@@ -494,10 +507,12 @@ report() {
     for upstream in fixed mock; do
         awk -v u="$upstream" \
             -v rd="${rps[$upstream/direct]}" -v rg="${rps[$upstream/gateway]}" \
-            -v rn="${rps[$upstream/nginx]}" -v pd="${p99[$upstream/direct]}" \
-            -v pg="${p99[$upstream/gateway]}" -v pn="${p99[$upstream/nginx]}" 'BEGIN {
-                printf "%s: throughput gateway/direct %.2f, gateway/nginx %.2f;", u, rg / rd, rg / rn
-                printf " added p99: gateway %+.3f ms, nginx %+.3f ms\n", pg - pd, pn - pd
+            -v rn="${rps[$upstream/nginx]}" -v rb="${rps[$upstream/pingora]}" \
+            -v pd="${p99[$upstream/direct]}" -v pg="${p99[$upstream/gateway]}" \
+            -v pn="${p99[$upstream/nginx]}" -v pb="${p99[$upstream/pingora]}" 'BEGIN {
+                printf "%s: throughput gateway/direct %.2f, gateway/nginx %.2f,", u, rg / rd, rg / rn
+                printf " gateway/pingora %.2f;", rg / rb
+                printf " added p99: gateway %+.3f ms, pingora %+.3f ms, nginx %+.3f ms\n", pg - pd, pb - pd, pn - pd
             }'
     done
 }
