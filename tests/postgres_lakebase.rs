@@ -210,7 +210,9 @@ async fn a_refused_workspace_token_stops_start_up_naming_the_endpoint_and_the_oa
 
 #[tokio::test(flavor = "multi_thread")]
 async fn single_upstream_mode_keeps_its_sign_in_in_the_database_across_a_restart() {
-    let mut db = TestPostgres::start();
+    // Over TLS, the server's certificate verified against the libpq variable's CA.
+    let mut db = TestPostgres::start_with_tls();
+    let ca_file = db.ca_file().display().to_string();
     db.set_password(FIRST_TOKEN).await;
     let workspace = WorkspaceOAuth::start(FIRST_TOKEN, 3600).await;
     let upstream = MockUpstream::start(MockOptions::default()).await;
@@ -227,7 +229,8 @@ async fn single_upstream_mode_keeps_its_sign_in_in_the_database_across_a_restart
                 ("PGPORT", &db.port().to_string()),
                 ("PGUSER", postgres::USER),
                 ("PGDATABASE", postgres::DATABASE),
-                ("PGSSLMODE", "disable"),
+                ("PGSSLMODE", "verify-full"),
+                ("PGSSLROOTCERT", &ca_file),
                 ("DATABRICKS_HOST", &workspace.host()),
                 ("DATABRICKS_CLIENT_ID", CLIENT_ID),
                 ("DATABRICKS_CLIENT_SECRET", CLIENT_SECRET),

@@ -6,7 +6,8 @@
 //! for a database resource); the variables also fill in what the URL leaves out, so the
 //! password can stay out of the file. An `sslmode` of `require`, `verify-ca` or
 //! `verify-full` means TLS, with the server's certificate always verified (against the
-//! Mozilla roots and `ca_file`); `disable`, `allow` and `prefer` mean none.
+//! Mozilla roots and `ca_file`, else `PGSSLROOTCERT`); `disable`, `allow` and `prefer` mean
+//! none.
 //!
 //! `password_source` says where the database password comes from. `static`: the URL's, else
 //! `PGPASSWORD`, else none. `databricks-oauth`: an OAuth token of the app's service
@@ -40,6 +41,7 @@ const PG_USER: &str = "PGUSER";
 const PG_PASSWORD: &str = "PGPASSWORD";
 const PG_DATABASE: &str = "PGDATABASE";
 const PG_SSLMODE: &str = "PGSSLMODE";
+const PG_SSLROOTCERT: &str = "PGSSLROOTCERT";
 /// What Databricks Apps sets for the app's service principal and its workspace.
 const DATABRICKS_HOST: &str = "DATABRICKS_HOST";
 const DATABRICKS_CLIENT_ID: &str = "DATABRICKS_CLIENT_ID";
@@ -399,7 +401,19 @@ fn tls(
             return None;
         }
         Some(file) => Some(checker.readable_file("store.ca_file", file)?),
-        None => None,
+        // As libpq does: the variable stands in for the file's key, and without TLS it is
+        // not looked at.
+        None => match checker.env.var(PG_SSLROOTCERT) {
+            Some(file) if uses_tls => {
+                let file = std::path::PathBuf::from(file);
+                if let Err(kind) = super::validate::readable_file(&file) {
+                    checker.fail(PG_SSLROOTCERT.into(), None, kind);
+                    return None;
+                }
+                Some(file)
+            }
+            _ => None,
+        },
     };
     Some(uses_tls.then_some(PostgresTls { ca_file }))
 }
@@ -645,6 +659,48 @@ mod tests {
         assert!(error(&ca_line, &[]).contains("store.ca_file: ca_file only applies"));
         let missing = tls.replace("ca.pem", "missing.pem");
         assert!(error(&missing, &[]).contains("store.ca_file: cannot read"));
+    }
+
+    #[test]
+    fn pgsslrootcert_stands_in_for_ca_file_over_tls_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("root.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").expect("write");
+        let ca_text = ca.display().to_string();
+        let with_mode = |mode| {
+            [
+                ("PGHOST", "db"),
+                ("PGUSER", "gw"),
+                ("PGSSLMODE", mode),
+                ("PGSSLROOTCERT", ca_text.as_str()),
+            ]
+        };
+        let config = load("kind = \"postgres\"", &with_mode("verify-full")).expect("valid");
+        assert!(uses_tls(&config));
+        assert!(format!("{config:?}").contains("root.pem"), "{config:?}");
+        // A file's own ca_file wins.
+        let other = dir.path().join("other.pem");
+        std::fs::write(&other, "-----BEGIN CERTIFICATE-----\n").expect("write");
+        let store = format!("kind = \"postgres\"\nca_file = \"{}\"", other.display());
+        let config = load(&store, &with_mode("require")).expect("valid");
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("other.pem") && !shown.contains("root.pem"),
+            "{shown}"
+        );
+        // Without TLS, as for libpq, the variable is not looked at.
+        let config = load("kind = \"postgres\"", &with_mode("disable")).expect("valid");
+        assert!(!uses_tls(&config));
+
+        let missing = dir.path().join("missing.pem").display().to_string();
+        let env = [
+            ("PGHOST", "db"),
+            ("PGUSER", "gw"),
+            ("PGSSLMODE", "require"),
+            ("PGSSLROOTCERT", missing.as_str()),
+        ];
+        let shown = error("kind = \"postgres\"", &env);
+        assert!(shown.contains("PGSSLROOTCERT: cannot read"), "{shown}");
     }
 
     #[test]

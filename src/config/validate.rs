@@ -555,7 +555,7 @@ fn timeout(
     }
 }
 
-fn readable_file(path: &Path) -> Result<(), FieldErrorKind> {
+pub(super) fn readable_file(path: &Path) -> Result<(), FieldErrorKind> {
     let unreadable = |source| FieldErrorKind::UnreadableFile {
         path: path.to_owned(),
         source,
