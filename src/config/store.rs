@@ -115,10 +115,10 @@ pub(super) fn from_env(env: &dyn Env) -> Result<StoreKind, Vec<FieldError>> {
         },
         env,
     );
-    let target = postgres_target(&RawStore::default(), None, &mut checker);
-    match target {
-        Some(target) if checker.is_clean() => Ok(StoreKind::Postgres(Box::new(target))),
-        _ => Err(checker
+    // `postgres_target` gives a target only when it recorded no error.
+    match postgres_target(&RawStore::default(), None, &mut checker) {
+        Some(target) => Ok(StoreKind::Postgres(Box::new(target))),
+        None => Err(checker
             .into_errors()
             .into_iter()
             .map(|error| FieldError {

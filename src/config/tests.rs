@@ -1313,17 +1313,11 @@ fn env_mode_keeps_tokens_in_the_database_the_platform_names() {
     assert!(!format!("{config:?}").contains("SECRET"));
 
     // Unset, or `file`: the files under ~/.mcp/auth, as before.
-    for store in [None, Some("file")] {
-        let mut env: HashMap<String, String> = [url, home]
-            .iter()
-            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
-            .collect();
-        if let Some(store) = store {
-            env.insert("MCP_GATEWAY_STORE".into(), store.into());
-        }
-        let config = Config::from_env(&env).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(config.store.kind, StoreKind::File, "{store:?}");
-    }
+    let unset = Config::from_env(&[url, home]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(unset.store.kind, StoreKind::File);
+    let file = [url, home, ("MCP_GATEWAY_STORE", "file")];
+    let file = Config::from_env(&file).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(file.store.kind, StoreKind::File);
 }
 
 #[test]

@@ -75,11 +75,6 @@ impl<'a> Checker<'a> {
         self.errors
     }
 
-    /// Whether no rule has been broken so far.
-    pub(super) fn is_clean(&self) -> bool {
-        self.errors.is_empty()
-    }
-
     /// Records a broken rule at `span`, or at the file as a whole when there is none.
     pub(super) fn fail(&mut self, key: String, span: Option<Range<usize>>, kind: FieldErrorKind) {
         self.errors.push(FieldError {
