@@ -8,8 +8,8 @@
 # Mcp-Session-Id, answered with JSON) at CONNECTIONS concurrent keepalive connections, along
 # four paths: wrk straight to the upstream ("direct"), wrk through `mcp-u2m-gateway serve`
 # on a bearer route with prefix /bench ("gateway"), wrk through the same reverse proxy written
-# directly on pingora with nothing else (`examples/pingora_baseline.rs`, "pingora": the floor
-# under the gateway), and wrk through nginx set up as the same reverse proxy ("nginx"). Each
+# directly on pingora with nothing else (`examples/pingora_baseline.rs`, "pingora": what
+# pingora's own HTTP path costs), and wrk through nginx set up as the same reverse proxy ("nginx"). Each
 # path runs against two upstreams: a fixed-answer nginx that
 # costs almost nothing ("fixed"), and the project's mock MCP server ("mock"). Before
 # measuring, one request down every path must return the expected JSON and prove the

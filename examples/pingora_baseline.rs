@@ -1,7 +1,7 @@
-//! The floor under the gateway's proxying: the same reverse proxy written directly on
-//! pingora's `ProxyHttp`, with nothing of the gateway around it. `benches/load.sh` runs it
-//! beside the gateway and nginx, so the gateway's cost splits into what pingora's HTTP/1
-//! machinery takes and what the gateway adds on top.
+//! A reverse proxy written directly on pingora's `ProxyHttp`, with nothing of the gateway
+//! around it. `benches/load.sh` runs it beside the gateway and nginx, to show what pingora's
+//! own HTTP/1 path costs per request: the cost that the gateway's fast lane avoids for small
+//! `POST`s.
 //!
 //! ```text
 //! cargo run --release --example pingora_baseline -- LISTEN UPSTREAM PREFIX TOKEN_FILE THREADS

@@ -35,6 +35,7 @@ use crate::oauth::flow::PendingFlows;
 use crate::proxy::GatewayProxy;
 use crate::proxy::downstream::{HeaderGuard, HeaderLimits};
 use crate::proxy::inbound::Inbound;
+use crate::proxy::lane::Lane;
 use crate::proxy::upstream::{Timeouts, Upstream};
 use crate::route::{Route, RouteTable};
 use crate::store::{FileStore, Keyring, PostgresStore, TokenStore};
@@ -417,6 +418,7 @@ impl Gateway {
             limits,
             Arc::clone(&self.shared.metrics),
             self.shared.closing.subscribe(),
+            Some(Lane::new(Arc::clone(&self.shared))),
         );
         let mut service = Service::new("mcp-u2m-gateway".to_owned(), guarded);
         let addr = self.addr.to_string();

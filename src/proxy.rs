@@ -1,5 +1,9 @@
 //! The data plane: pingora's [`ProxyHttp`] phases for MCP traffic.
 //!
+//! Small `POST`s to routes that need nothing but a token reach the upstream through the
+//! [`lane`] before pingora sees the connection; what follows is the path of every other
+//! request.
+//!
 //! Each request is matched against the route table in `request_filter`. Control-plane paths
 //! and unknown paths are answered right there. A `GET` that asks for an event stream (the
 //! legacy `/sse` stream, or Streamable HTTP's listening stream) is relayed by
@@ -16,6 +20,7 @@ pub(crate) mod exchange;
 pub(crate) mod headers;
 pub(crate) mod inbound;
 pub(crate) mod jsonrpc;
+pub(crate) mod lane;
 pub(crate) mod legacy;
 pub(crate) mod legacy_upstream;
 pub(crate) mod origin;
@@ -507,14 +512,8 @@ impl GatewayProxy {
 
     /// Whether the request came in on the admin listener.
     fn on_admin_listener(&self, session: &Session) -> bool {
-        let Some(admin) = self.shared.admin_listener else {
-            return false;
-        };
         let local = session.server_addr().and_then(|addr| addr.as_inet());
-        local.is_some_and(|local| {
-            local.port() == admin.port()
-                && (admin.ip().is_unspecified() || local.ip() == admin.ip())
-        })
+        is_admin_listener(&self.shared, local)
     }
 
     /// A 403 that says `insufficient_scope`: recorded for the next sign-in, and answered in
@@ -965,6 +964,16 @@ impl GatewayProxy {
     }
 }
 
+/// Whether `local`, the address a connection came in on, is the admin listener's.
+pub(crate) fn is_admin_listener(shared: &Shared, local: Option<&std::net::SocketAddr>) -> bool {
+    let Some(admin) = shared.admin_listener else {
+        return false;
+    };
+    local.is_some_and(|local| {
+        local.port() == admin.port() && (admin.ip().is_unspecified() || local.ip() == admin.ip())
+    })
+}
+
 /// Keeps a body the gateway read itself for the plugins that want it, as it reads them.
 fn keep_message(ctx: &mut RequestCtx, message: Option<&serde_json::Value>) {
     if let (Some(kept), Some(message)) = (&mut ctx.kept_body, message) {
@@ -1000,7 +1009,7 @@ fn forwarded_public_url(request: &RequestHeader) -> Option<Url> {
 
 /// Whether `rest` asks for OAuth or OpenID discovery metadata, at the root of the route or
 /// appended to a path (as RFC 8414 and RFC 9728 allow).
-fn is_oauth_discovery(rest: &str) -> bool {
+pub(crate) fn is_oauth_discovery(rest: &str) -> bool {
     const DISCOVERY: &[&str] = &[
         "oauth-protected-resource",
         "oauth-authorization-server",
@@ -1018,15 +1027,21 @@ fn is_oauth_discovery(rest: &str) -> bool {
 /// endpoint. This client gets the answer as it is, which tells a client that can to fall
 /// back to the legacy transport itself, as the MCP specification has clients do.
 pub(crate) fn learn_transport(route: &Route, request: &RequestHeader, response: &ResponseHeader) {
+    let rest = request
+        .uri
+        .path()
+        .strip_prefix(route.prefix.trim_end_matches('/'));
     let opening = request.method == http::Method::POST
         && !request.headers.contains_key("mcp-session-id")
-        && route.transport == crate::config::Transport::Auto
-        && request
-            .uri
-            .path()
-            .strip_prefix(route.prefix.trim_end_matches('/'))
-            == Some("/mcp");
-    if opening && matches!(response.status.as_u16(), 404 | 405) && !route.bridges_streamable() {
+        && rest == Some("/mcp");
+    learn_transport_from(route, opening, response.status.as_u16());
+}
+
+/// [`learn_transport`] once the request is known to be a session-opening `POST` to
+/// `{prefix}/mcp` (`opening`) and the upstream answered with `status`.
+pub(crate) fn learn_transport_from(route: &Route, opening: bool, status: u16) {
+    let opening = opening && route.transport == crate::config::Transport::Auto;
+    if opening && matches!(status, 404 | 405) && !route.bridges_streamable() {
         route
             .no_streamable
             .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -85,6 +85,12 @@ impl Route {
         }
     }
 
+    /// Whether the route's requests need nothing but its token: no plugins, no per-user
+    /// sign-ins.
+    pub(crate) fn plain(&self) -> bool {
+        self.per_user.is_none() && self.plugins.is_empty()
+    }
+
     /// Whether a legacy client's `/sse` stream is served by the bridge.
     pub(crate) fn bridges_legacy(&self) -> bool {
         self.transport == crate::config::Transport::Streamable

@@ -25,6 +25,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::apps::ServerApp;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
@@ -36,6 +37,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::lane::{Exit, Lane};
 use crate::metrics::Metrics;
 
 /// How long a request header may take and how large it may be, and how long a connection
@@ -54,6 +56,8 @@ pub(crate) struct HeaderGuard<A> {
     metrics: Arc<Metrics>,
     /// Turns true at the end of a drain.
     closing: tokio::sync::watch::Receiver<bool>,
+    /// Serves each HTTP/1 connection until it sees a request that is pingora's.
+    lane: Option<Lane>,
 }
 
 impl<A> HeaderGuard<A> {
@@ -62,12 +66,14 @@ impl<A> HeaderGuard<A> {
         limits: HeaderLimits,
         metrics: Arc<Metrics>,
         closing: tokio::sync::watch::Receiver<bool>,
+        lane: Option<Lane>,
     ) -> Self {
         Self {
             inner: Arc::new(inner),
             limits,
             metrics,
             closing,
+            lane,
         }
     }
 }
@@ -79,16 +85,19 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // HTTP/2 frames its headers itself; the guard reads HTTP/1 only.
-        let stream = match stream.selected_alpn_proto() {
-            Some(ALPN::H2) => stream,
-            _ => Box::new(GuardedStream::new(
-                stream,
-                self.limits,
-                Arc::clone(&self.metrics),
-            )),
-        };
-        self.inner.process_new(stream, shutdown).await
+        // HTTP/2 frames its headers itself; the guard and the lane read HTTP/1 only.
+        if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        let mut guarded = GuardedStream::new(stream, self.limits, Arc::clone(&self.metrics));
+        if let Some(lane) = &self.lane {
+            let mut closing = self.closing.clone();
+            match lane.serve(&mut guarded, &mut closing).await {
+                Exit::Closed => return None,
+                Exit::HandOver(read) => guarded.unread(read),
+            }
+        }
+        self.inner.process_new(Box::new(guarded), shutdown).await
     }
 
     /// Runs once the listeners stopped (after an upgrade's hand-over). Pingora's own
@@ -106,7 +115,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
 pub(crate) fn request_done(stream: Option<&Stream>) {
     let guarded = stream.and_then(|stream| stream.as_any().downcast_ref::<GuardedStream>());
     if let Some(guarded) = guarded {
-        guarded.request_done.store(true, Ordering::Release);
+        guarded.request_done();
     }
 }
 
@@ -208,6 +217,8 @@ pub(crate) struct GuardedStream {
     header_end: HeaderEnd,
     /// Set by the proxy when a request is over; the next read starts watching a header.
     request_done: AtomicBool,
+    /// Bytes the lane read and handed back, served before anything new.
+    unread: Bytes,
 }
 
 impl GuardedStream {
@@ -221,7 +232,19 @@ impl GuardedStream {
             header_bytes: 0,
             header_end: HeaderEnd::default(),
             request_done: AtomicBool::new(false),
+            unread: Bytes::new(),
         }
+    }
+
+    /// Marks the request under way as over: the next read starts watching a header.
+    pub(crate) fn request_done(&self) {
+        self.request_done.store(true, Ordering::Release);
+    }
+
+    /// Puts `bytes`, read from this stream, back in front of it: the next reads return them.
+    pub(crate) fn unread(&mut self, bytes: Bytes) {
+        debug_assert!(self.unread.is_empty());
+        self.unread = bytes;
     }
 
     /// Watches `fresh`, the bytes just read, for the end of the header and its size.
@@ -272,6 +295,12 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        if !this.unread.is_empty() {
+            // Already watched on their way in.
+            let take = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(take));
+            return Poll::Ready(Ok(()));
+        }
         // A load first: most reads are not the first after a request, and a swap would
         // write the flag's cache line on every one of them.
         let done = this.request_done.load(Ordering::Relaxed)

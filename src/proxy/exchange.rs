@@ -72,7 +72,7 @@ impl IdlePool {
         }
     }
 
-    fn put(&self, stream: Stream) {
+    pub(crate) fn put(&self, stream: Stream) {
         let now = Instant::now();
         let (expired, refused) = {
             let mut idle = self.idle.lock();
@@ -143,19 +143,7 @@ pub(crate) async fn send(
     })?;
     wire.extend_from_slice(body);
     let timeouts = upstream.timeouts();
-
-    let mut pooled = upstream.idle().take();
-    let stream = loop {
-        let (mut stream, reused) = match pooled.take() {
-            Some(stream) => (stream, true),
-            None => (connect(transport, upstream).await?, false),
-        };
-        match write_all(&mut stream, &wire, timeouts.read).await {
-            Ok(()) => break stream,
-            Err(_) if reused => continue,
-            Err(error) => return Err(error),
-        }
-    };
+    let stream = deliver(transport, upstream, &wire).await?;
 
     let mut session = Http1Session::new(stream);
     session.read_timeout = (!streaming).then_some(timeouts.read);
@@ -170,6 +158,29 @@ pub(crate) async fn send(
         h1.read_timeout = None;
     }
     Ok(session)
+}
+
+/// Writes `wire`, a whole request, to a connection to the upstream: a kept one when there
+/// is one, else a new one. A kept connection that fails while the request is written never
+/// delivered it, so the request goes out once more on a new connection.
+pub(crate) async fn deliver(
+    transport: &TransportConnector,
+    upstream: &Upstream,
+    wire: &[u8],
+) -> pingora::Result<Stream> {
+    let timeout = upstream.timeouts().read;
+    let mut pooled = upstream.idle().take();
+    loop {
+        let (mut stream, reused) = match pooled.take() {
+            Some(stream) => (stream, true),
+            None => (connect(transport, upstream).await?, false),
+        };
+        match write_all(&mut stream, wire, timeout).await {
+            Ok(()) => return Ok(stream),
+            Err(_) if reused => continue,
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// A new connection to the upstream, with its TLS, SNI and CA settings.

@@ -73,17 +73,43 @@ pub(crate) fn is_event_stream(response: &ResponseHeader) -> bool {
         .is_some_and(|value| value.trim_start().starts_with("text/event-stream"))
 }
 
+/// Whether a client header, named in any case, never reaches the upstream of `route`:
+/// hop-by-hop headers (the `Connection` header may list more), credentials, cookies,
+/// `Origin`, and what an authenticating proxy in front says about the caller.
+pub(crate) fn stays_behind(name: &str, route: &Route) -> bool {
+    let named = |known: &str| name.eq_ignore_ascii_case(known);
+    HOP_BY_HOP.iter().copied().any(named)
+        || CLIENT_ONLY.iter().any(|known| named(known.as_str()))
+        || FORWARDED_IDENTITY.iter().copied().any(named)
+        || route
+            .identity_headers
+            .iter()
+            .any(|known| named(known.as_str()))
+}
+
+/// Whether an upstream response header, named in any case, never reaches the client:
+/// hop-by-hop headers (the `Connection` header may list more) and the upstream's OAuth
+/// challenge.
+pub(crate) fn held_back(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|known| name.eq_ignore_ascii_case(known))
+        || name.eq_ignore_ascii_case(header::WWW_AUTHENTICATE.as_str())
+}
+
+/// What marks an event-stream response so that no intermediary buffers or transforms it.
+pub(crate) const EVENT_STREAM_MARKS: [(&str, &str); 2] = [
+    ("cache-control", "no-cache, no-transform"),
+    ("x-accel-buffering", "no"),
+];
+
 /// Turns a copy of the client's request header into the upstream's.
 pub(crate) fn prepare_upstream(
     request: &mut RequestHeader,
     route: &Route,
     token: Option<&AccessToken>,
 ) -> Result<(), http::header::InvalidHeaderValue> {
-    let stays_behind = |name: &HeaderName| {
-        CLIENT_ONLY.contains(name)
-            || FORWARDED_IDENTITY.contains(&name.as_str())
-            || route.identity_headers.contains(name)
-    };
+    let stays_behind = |name: &HeaderName| stays_behind(name.as_str(), route);
     for name in leaving(&request.headers, stays_behind) {
         request.remove_header(&name);
     }
@@ -115,8 +141,9 @@ pub(crate) fn prepare_downstream(response: &mut ResponseHeader) {
     }
     if is_event_stream(response) {
         response.remove_header(&header::CONTENT_LENGTH);
-        let _ = response.insert_header(header::CACHE_CONTROL, "no-cache, no-transform");
-        let _ = response.insert_header("x-accel-buffering", "no");
+        for (name, value) in EVENT_STREAM_MARKS {
+            let _ = response.insert_header(name, value);
+        }
     }
 }
 

@@ -112,10 +112,16 @@ impl Inbound {
 
     /// Whether `request` may use the route whose own keys are `route_keys`.
     pub(crate) fn allows(&self, request: &RequestHeader, route_keys: &[ApiKeyHash]) -> bool {
+        self.allows_key(bearer(request), route_keys)
+    }
+
+    /// Whether a request presenting `key` (the credential of its `Authorization: Bearer`)
+    /// may use the route whose own keys are `route_keys`.
+    pub(crate) fn allows_key(&self, key: Option<&str>, route_keys: &[ApiKeyHash]) -> bool {
         if !self.required {
             return true;
         }
-        let Some(key) = bearer(request) else {
+        let Some(key) = key else {
             return false;
         };
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
@@ -132,7 +138,11 @@ impl Inbound {
 
 /// The credential of an `Authorization: Bearer` header.
 pub(crate) fn bearer(request: &RequestHeader) -> Option<&str> {
-    let value = request.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    bearer_credential(request.headers.get(header::AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The credential of an `Authorization` header's value, when its scheme is `Bearer`.
+pub(crate) fn bearer_credential(value: &str) -> Option<&str> {
     let (scheme, key) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
 }

@@ -99,6 +99,12 @@ impl OriginPolicy {
         Verdict::ForeignOrigin(origin)
     }
 
+    /// Whether a request with this `Host` and no `Origin` goes on, as [`OriginPolicy::check`]
+    /// would judge it.
+    pub(crate) fn admits_host(&self, host: &str) -> bool {
+        !self.check_host || self.host_allowed(&host.trim().to_ascii_lowercase())
+    }
+
     fn host_allowed(&self, host: &str) -> bool {
         let name = host_name(host);
         if let Ok(ip) = name.parse::<std::net::IpAddr>() {

@@ -13,6 +13,40 @@ use serde_json::json;
 
 use crate::token::TokenError;
 
+/// The headers of every JSON response the gateway writes itself, besides its length.
+const JSON_HEADERS: [(&str, &str); 6] = [
+    ("content-type", "application/json"),
+    ("cache-control", "no-store"),
+    // Never rendered as a page, framed, or read as anything but JSON.
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    ("referrer-policy", "no-referrer"),
+];
+
+/// A complete HTTP/1.1 JSON response, as [`json`] writes it, for a connection the gateway
+/// writes to itself.
+pub(crate) fn json_wire(status: u16, body: &serde_json::Value) -> Vec<u8> {
+    let body = body.to_string();
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|status| status.canonical_reason())
+        .unwrap_or_default();
+    let mut wire = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in JSON_HEADERS {
+        wire.push_str(&format!("{name}: {value}\r\n"));
+    }
+    wire.push_str("\r\n");
+    wire.push_str(&body);
+    wire.into_bytes()
+}
+
 /// Writes a complete JSON response; the returned status is for logging.
 pub(crate) async fn json(
     session: &mut Session,
@@ -34,17 +68,10 @@ pub(crate) async fn json_with(
     if let Some(wait) = retry_after {
         response.insert_header(header::RETRY_AFTER, wait.as_secs().max(1))?;
     }
-    response.insert_header(header::CONTENT_TYPE, "application/json")?;
     response.insert_header(header::CONTENT_LENGTH, body.len())?;
-    response.insert_header(header::CACHE_CONTROL, "no-store")?;
-    // Never rendered as a page, framed, or read as anything but JSON.
-    response.insert_header("x-content-type-options", "nosniff")?;
-    response.insert_header("x-frame-options", "DENY")?;
-    response.insert_header(
-        "content-security-policy",
-        "default-src 'none'; frame-ancestors 'none'",
-    )?;
-    response.insert_header("referrer-policy", "no-referrer")?;
+    for (name, value) in JSON_HEADERS {
+        response.insert_header(name, value)?;
+    }
     session
         .write_response_header(Box::new(response), false)
         .await?;

@@ -621,22 +621,42 @@ pub(crate) async fn upstream_error_reply(
     route: &str,
     error: &Error,
 ) -> u16 {
+    let failure = upstream_failed(shared, route, error);
+    if session.response_written().is_some() {
+        // The client already has a response header; all we can do is end the stream.
+        return 0;
+    }
+    let (status, body) = upstream_failure_answer(route, &failure);
+    reply::json(session, status, &body)
+        .await
+        .unwrap_or_default()
+}
+
+/// Counts a failure between the gateway and a route's upstream, and marks the upstream
+/// unreachable.
+pub(crate) fn upstream_failed(
+    shared: &Shared,
+    route: &str,
+    error: &Error,
+) -> reply::UpstreamFailure {
     let failure = reply::upstream_failure(error);
     shared.metrics.upstream_error(route, failure.code);
     if let Some(route) = shared.routing().route(route) {
         route.set_upstream_unreachable(true);
     }
-    if session.response_written().is_some() {
-        // The client already has a response header; all we can do is end the stream.
-        return 0;
-    }
+    failure
+}
+
+/// Logs an upstream failure that the client is told of, and the status and body it gets.
+pub(crate) fn upstream_failure_answer(
+    route: &str,
+    failure: &reply::UpstreamFailure,
+) -> (u16, serde_json::Value) {
     tracing::warn!(route, status = failure.status, cause = %failure.cause, "upstream failed");
     let mut body = reply::error_body(
         failure.code,
         format!("route '{route}': the upstream failed: {}", failure.cause),
     );
     body["route"] = route.into();
-    reply::json(session, failure.status, &body)
-        .await
-        .unwrap_or_default()
+    (failure.status, body)
 }
