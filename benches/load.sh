@@ -25,6 +25,7 @@
 #   UPSTREAM_WORKERS=1  worker processes of the fixed-answer nginx upstream
 #   CARGO_TARGET_DIR    honoured for the build and for finding the binaries
 #   KEEP_TMP=1          keep the temp dir (configs and logs) even on success
+#   ROUNDS=1            rounds of every path, interleaved; each figure is their median
 #
 # Needs cargo, wrk, nginx (Debian: nginx-light), curl and python3. As root on Debian the
 # missing ones among wrk, nginx, curl are installed with apt-get. Everything listens on
@@ -50,6 +51,7 @@ THREADS=${THREADS:-1}
 WRK_THREADS=${WRK_THREADS:-1}
 UPSTREAM_WORKERS=${UPSTREAM_WORKERS:-1}
 KEEP_TMP=${KEEP_TMP:-0}
+ROUNDS=${ROUNDS:-1}
 
 # The request every run sends (150 bytes), and the fixed upstream's answer to it.
 readonly REQUEST_BODY='{"jsonrpc":"2.0","id":"bench-1","method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"},"_meta":{"progressToken":"bench-progress-1"}}}'
@@ -442,12 +444,14 @@ parse_wrk() {
         }' "$1"
 }
 
+# Measures one path in one round; the figures land under "upstream/path#round".
 measure() {
-    local upstream=$1 path=$2 key="$1/$2" out=$workdir/wrk-$1-$2.txt
-    local pid accepts_before="" ticks_before=0
+    local upstream=$1 path=$2 round=$3 key="$1/$2#$3" out=$workdir/wrk-$1-$2-$3.txt
+    local pid accepts_before="" ticks_before=0 which=""
     pid=$(proxy_pid "$path")
-    say "$upstream upstream, $path: warm-up $WARMUP, then $DURATION"
-    run_wrk "$path" "$WARMUP" "$workdir/wrk-$upstream-$path-warmup.txt"
+    ((ROUNDS == 1)) || which=" (round $round of $ROUNDS)"
+    say "$upstream upstream, $path$which: warm-up $WARMUP, then $DURATION"
+    run_wrk "$path" "$WARMUP" "$workdir/wrk-$upstream-$path-$round-warmup.txt"
 
     [[ $upstream != fixed ]] || accepts_before=$(upstream_accepts)
     [[ -z $pid ]] || ticks_before=$(cpu_ticks "$pid")
@@ -474,14 +478,43 @@ measure() {
 }
 
 bench_upstream() {
-    local upstream=$1 path
+    local upstream=$1 path round
     "start_${upstream}_upstream"
     start_proxies "$upstream"
     "check_$upstream"
+    # Rounds interleave the paths, so a slow spell of the machine hits all of them alike.
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for path in direct gateway pingora nginx; do
+            measure "$upstream" "$path" "$round"
+        done
+    done
     for path in direct gateway pingora nginx; do
-        measure "$upstream" "$path"
+        settle "$upstream/$path"
     done
     stop_all_for_upstream
+}
+
+# The median of the arguments (the lower of the middle two for an even count); "-" for "-".
+median() {
+    if [[ $1 == - ]]; then
+        echo -
+    else
+        printf '%s\n' "$@" | sort -g | sed -n "$((($# + 1) / 2))p"
+    fi
+}
+
+# Files each figure of `key` (upstream/path) as its median over the rounds.
+settle() {
+    local key=$1 table round
+    for table in rps p50 p99 cpu conns; do
+        local -n figures=$table
+        local values=()
+        for ((round = 1; round <= ROUNDS; round++)); do
+            values+=("${figures[$key#$round]}")
+        done
+        figures[$key]=$(median "${values[@]}")
+        unset -n figures
+    done
 }
 
 # --- Report ---
@@ -491,6 +524,7 @@ report() {
     echo
     echo "cores $(nproc), proxy threads $THREADS, wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION," \
         "fixed upstream workers $UPSTREAM_WORKERS, load average before: $load_before"
+    ((ROUNDS == 1)) || echo "each figure is the median of $ROUNDS interleaved rounds"
     echo
     local format='%-9s %-9s %9s %9s %9s %11s %9s\n'
     # shellcheck disable=SC2059 # the format is the constant above
@@ -519,6 +553,7 @@ report() {
 
 main() {
     trap cleanup EXIT
+    [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a whole number of at least 1, not '$ROUNDS'"
     trap 'exit 130' INT
     trap 'exit 143' TERM
 

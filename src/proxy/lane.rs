@@ -109,6 +109,8 @@ impl Lane {
             return Exit::HandOver(Bytes::new());
         }
         let mut buf = BytesMut::with_capacity(4096);
+        // For the upstream's answers, one request after another.
+        let mut answers = BytesMut::with_capacity(8192);
         loop {
             if self.shared.draining.load(Ordering::Relaxed) {
                 // Pingora's path closes each connection after its request while draining.
@@ -137,7 +139,7 @@ impl Lane {
                     return Exit::Closed;
                 }
             }
-            match self.proxy(stream, &mut buf, *taken).await {
+            match self.proxy(stream, &mut buf, &mut answers, *taken).await {
                 Done::KeepAlive => stream.request_done(),
                 Done::Close => return Exit::Closed,
                 Done::Pass => return Exit::HandOver(buf.freeze()),
@@ -192,24 +194,25 @@ impl Lane {
         let mut session = false;
         for line in request.headers.iter() {
             let name = line.name;
-            let value = std::str::from_utf8(line.value).ok()?;
+            // Read as text only where the lane looks at a value; others pass as bytes.
+            let value = || std::str::from_utf8(line.value).ok();
             if name.eq_ignore_ascii_case("content-length") {
-                let length = content_length(value)?;
+                let length = content_length(value()?)?;
                 if body_len.is_some_and(|known| known != length) {
                     return None;
                 }
                 body_len = Some(length);
             } else if name.eq_ignore_ascii_case("host") {
-                host = Some(value);
+                host = Some(value()?);
             } else if name.eq_ignore_ascii_case("authorization") {
-                key = super::inbound::bearer_credential(value);
+                key = super::inbound::bearer_credential(value()?);
             } else if name.eq_ignore_ascii_case("accept") {
-                event_stream |= value.contains("text/event-stream");
+                event_stream |= line.value.windows(17).any(|at| at == b"text/event-stream");
             } else if name.eq_ignore_ascii_case("mcp-session-id") {
                 session = true;
             } else if name.eq_ignore_ascii_case("connection") {
                 // Anything but a plain keep-alive (a close, a listed header) is pingora's.
-                if !value.trim().eq_ignore_ascii_case("keep-alive") {
+                if !value()?.trim().eq_ignore_ascii_case("keep-alive") {
                     return None;
                 }
             } else if ["transfer-encoding", "expect", "upgrade", "origin"]
@@ -264,7 +267,13 @@ impl Lane {
     }
 
     /// Sends a taken request (whole in `buf`) upstream and relays the answer.
-    async fn proxy(&self, client: &mut GuardedStream, buf: &mut BytesMut, taken: Taken) -> Done {
+    async fn proxy(
+        &self,
+        client: &mut GuardedStream,
+        buf: &mut BytesMut,
+        answers: &mut BytesMut,
+        taken: Taken,
+    ) -> Done {
         let Taken {
             route,
             header_len,
@@ -321,7 +330,10 @@ impl Lane {
             let mut upstream = match sent {
                 Ok(stream) => Upstream {
                     stream,
-                    buf: BytesMut::with_capacity(8192),
+                    buf: {
+                        answers.clear();
+                        &mut *answers
+                    },
                     timeout: Some(route.upstream.timeouts().read),
                 },
                 Err(error) => return exchange.failed(client, buf, request_len, &error).await,
@@ -401,7 +413,7 @@ impl Exchange<'_> {
         mut self,
         client: &mut GuardedStream,
         buf: &mut BytesMut,
-        mut upstream: Upstream,
+        mut upstream: Upstream<'_>,
         head: Head,
     ) -> Done {
         let Head {
@@ -419,7 +431,7 @@ impl Exchange<'_> {
             upstream.timeout = None;
         }
         let mut out = downstream;
-        let mut progress = body.pass(&upstream.buf, &mut out);
+        let mut progress = body.pass(upstream.buf, &mut out);
         self.sent += upstream.buf.len();
         upstream.buf.clear();
         let mut watching = true;
@@ -456,7 +468,7 @@ impl Exchange<'_> {
                         }
                     },
                     Ok(_) => {
-                        progress = body.pass(&upstream.buf, &mut out);
+                        progress = body.pass(upstream.buf, &mut out);
                         self.sent += upstream.buf.len();
                         upstream.buf.clear();
                     }
@@ -558,18 +570,18 @@ fn put_header(wire: &mut BytesMut, name: &[u8], value: &[u8]) {
 }
 
 /// The gateway's end of an upstream connection, with what was read from it.
-struct Upstream {
+struct Upstream<'a> {
     stream: Stream,
-    buf: BytesMut,
+    buf: &'a mut BytesMut,
     /// For each read; none for an event stream.
     timeout: Option<Duration>,
 }
 
-impl Upstream {
+impl Upstream<'_> {
     /// Reads more into the buffer: the number of bytes, 0 at the end of the stream.
     async fn read(&mut self) -> pingora::Result<usize> {
         self.buf.reserve(8192);
-        let read = self.stream.read_buf(&mut self.buf);
+        let read = self.stream.read_buf(&mut *self.buf);
         let read = match self.timeout {
             Some(timeout) => match tokio::time::timeout(timeout, read).await {
                 Ok(read) => read,
@@ -584,7 +596,7 @@ impl Upstream {
     async fn read_head(&mut self) -> pingora::Result<Head> {
         loop {
             if !self.buf.is_empty() {
-                match Head::parse(&self.buf)? {
+                match Head::parse(self.buf)? {
                     Some(Parsed::Interim(len)) => {
                         self.buf.advance(len);
                         continue;
