@@ -418,7 +418,7 @@ impl Gateway {
             limits,
             Arc::clone(&self.shared.metrics),
             self.shared.closing.subscribe(),
-            Some(Lane::new(Arc::clone(&self.shared))),
+            Lane::new(Arc::clone(&self.shared)),
         );
         let mut service = Service::new("mcp-u2m-gateway".to_owned(), guarded);
         let addr = self.addr.to_string();

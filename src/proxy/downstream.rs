@@ -57,7 +57,7 @@ pub(crate) struct HeaderGuard<A> {
     /// Turns true at the end of a drain.
     closing: tokio::sync::watch::Receiver<bool>,
     /// Serves each HTTP/1 connection until it sees a request that is pingora's.
-    lane: Option<Lane>,
+    lane: Lane,
 }
 
 impl<A> HeaderGuard<A> {
@@ -66,7 +66,7 @@ impl<A> HeaderGuard<A> {
         limits: HeaderLimits,
         metrics: Arc<Metrics>,
         closing: tokio::sync::watch::Receiver<bool>,
-        lane: Option<Lane>,
+        lane: Lane,
     ) -> Self {
         Self {
             inner: Arc::new(inner),
@@ -90,12 +90,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
             return self.inner.process_new(stream, shutdown).await;
         }
         let mut guarded = GuardedStream::new(stream, self.limits, Arc::clone(&self.metrics));
-        if let Some(lane) = &self.lane {
-            let mut closing = self.closing.clone();
-            match lane.serve(&mut guarded, &mut closing).await {
-                Exit::Closed => return None,
-                Exit::HandOver(read) => guarded.unread(read),
-            }
+        let mut closing = self.closing.clone();
+        match self.lane.serve(&mut guarded, &mut closing).await {
+            Exit::Closed => return None,
+            Exit::HandOver(read) => guarded.unread(read),
         }
         self.inner.process_new(Box::new(guarded), shutdown).await
     }

@@ -700,12 +700,7 @@ impl Head {
         let reusable = !close && !ambiguous && !matches!(body, Body::Close);
 
         let mut downstream = BytesMut::with_capacity(header_len + 128);
-        let reason = http::StatusCode::from_u16(status)
-            .ok()
-            .and_then(|code| code.canonical_reason())
-            .or(response.reason)
-            .unwrap_or_default();
-        downstream.put_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+        downstream.put_slice(reply::status_line(status, response.reason).as_bytes());
         for line in response.headers.iter() {
             let name = line.name;
             let framing = ["content-length", "transfer-encoding"]

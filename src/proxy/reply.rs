@@ -30,21 +30,28 @@ const JSON_HEADERS: [(&str, &str); 6] = [
 /// A complete HTTP/1.1 JSON response, as [`json`] writes it, for a connection the gateway
 /// writes to itself.
 pub(crate) fn json_wire(status: u16, body: &serde_json::Value) -> Vec<u8> {
+    use std::fmt::Write;
+
     let body = body.to_string();
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|status| status.canonical_reason())
-        .unwrap_or_default();
-    let mut wire = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-length: {}\r\n",
-        body.len()
-    );
+    let mut wire = status_line(status, None);
+    let _ = write!(wire, "content-length: {}\r\n", body.len());
     for (name, value) in JSON_HEADERS {
-        wire.push_str(&format!("{name}: {value}\r\n"));
+        let _ = write!(wire, "{name}: {value}\r\n");
     }
     wire.push_str("\r\n");
     wire.push_str(&body);
     wire.into_bytes()
+}
+
+/// An HTTP/1.1 status line with its line ending: the status's standard reason phrase, else
+/// `reason` (an upstream's own, for a status the standard has none for).
+pub(crate) fn status_line(status: u16, reason: Option<&str>) -> String {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|status| status.canonical_reason())
+        .or(reason)
+        .unwrap_or_default();
+    format!("HTTP/1.1 {status} {reason}\r\n")
 }
 
 /// Writes a complete JSON response; the returned status is for logging.
